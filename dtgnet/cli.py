@@ -1,0 +1,232 @@
+"""Command line: `dtgnet <command>`. A user mistake prints one line and exits with status 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import DtgError
+
+CONFIG_HELP = "YAML config file (see `dtgnet config` for every key)"
+OVERRIDE_HELP = "dotted overrides such as optim.lr=0.01 data.frames=8 teachers.0.weight=0.5"
+
+
+def _add_train(sub, name: str, helptext: str):
+    p = sub.add_parser(name, help=helptext, description=helptext)
+    p.add_argument("-c", "--config", help=CONFIG_HELP)
+    p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+    p.add_argument("--resume", action="store_true", help="continue the run in run.out from checkpoints/last.pt")
+    p.add_argument("--force", action="store_true", help="overwrite run.out if it exists")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    if name == "finetune":
+        p.add_argument("--init", help="checkpoint (.pt) or student.safetensors whose backbone initialises the "
+                                      "student; omit to train from scratch")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dtgnet", description="DTG-Net: video action recognition guided by frozen image teachers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = sub.add_parser("data", help="generate, scan and summarise datasets",
+                          description="Generate SynthActions, or scan a list for bad videos.")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
+    synth = dsub.add_parser("synth", help="write the SynthActions benchmark",
+                            description="Write SynthActions (mp4 videos, lists, stills) under OUT.")
+    synth.add_argument("out", help="output directory")
+    synth.add_argument("--preset", choices=("quick", "default"), default="default", help="size preset")
+    synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
+    scan = dsub.add_parser("scan", help="check every video of a list, write a manifest",
+                           description="Decode every entry of LIST and write {ok: [...], bad: [...]} to --out.")
+    scan.add_argument("list", help="list file (or split file / directory for the format)")
+    scan.add_argument("--root", required=True, help="data root the list's paths are relative to")
+    scan.add_argument("--out", required=True, help="manifest JSON to write")
+    scan.add_argument("--format", default="list", help="list, ucf101, hmdb51, kinetics, folders or frames")
+    scan.add_argument("--classes", default="", help="class file (required for ucf101: classInd.txt)")
+    scan.add_argument("--split", type=int, default=1, help="split number (hmdb51)")
+    scan.add_argument("--subset", default="train", choices=("train", "val", "test"), help="hmdb51 subset")
+    scan.add_argument("--backend", default="pyav", help="pyav, decord or torchcodec")
+
+    teacher = sub.add_parser("teacher", help="train an image-based action teacher",
+                             description="Teachers: train an image-based action teacher from still images.")
+    tsub = teacher.add_subparsers(dest="teacher_command", required=True, metavar="TEACHER_COMMAND")
+    ttrain = tsub.add_parser("train", help="fine-tune an ImageNet backbone on still images in class folders",
+                             description="Train on IMAGES_DIR/<class>/*.jpg|png (Stanford40 / BU101 layout); "
+                                         "write a safetensors teacher that configs name with source: action.")
+    ttrain.add_argument("images_dir", help="directory of class folders of images")
+    ttrain.add_argument("--out", required=True, help="teacher file to write (.safetensors)")
+    ttrain.add_argument("--epochs", type=int, default=30, help="training epochs of the head")
+    ttrain.add_argument("--input-size", type=int, default=96, help="image side given to the backbone")
+    ttrain.add_argument("--seed", type=int, default=0, help="random seed")
+
+    _add_train(sub, "pretrain", "mode i: self-supervised DTG pre-training (labels are not read)")
+    _add_train(sub, "finetune", "fine-tune a student on (a fraction of) the labels")
+    _add_train(sub, "joint", "mode ii: supervised DTG, CE + lambda * DTG end to end")
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint",
+                        description="Evaluate one checkpoint on the test list: finetune (clip and video top-1), "
+                                    "linear probe, kNN or retrieval R@1/5/10/20/50.")
+    ev.add_argument("--checkpoint", action="append", required=True,
+                    help="checkpoint .pt or student.safetensors (repeat once per split for finetune --split all)")
+    ev.add_argument("--protocol", choices=("finetune", "linear", "knn", "retrieval"), required=True,
+                    help="evaluation protocol")
+    ev.add_argument("-c", "--config", help="config whose data section to use (default: the checkpoint's)")
+    ev.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+    ev.add_argument("--split", default="", help="official split 1, 2, 3 or 'all' (3-split mean); "
+                                                "default: data.split")
+    ev.add_argument("--json", help="also write the results to this file")
+
+    demo = sub.add_parser("demo", help="the whole method on the embedded SynthActions benchmark",
+                          description="Generate SynthActions, train the action teacher, DTG and SSL pre-train, "
+                                      "fine-tune on 10%% of the labels, evaluate, write results.json and a report.")
+    demo.add_argument("--out", default="demo_out", help="output directory")
+    demo.add_argument("--quick", action="store_true", help="small and fast (about 3 minutes on 2 CPU cores)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed")
+    demo.add_argument("--force", action="store_true", help="overwrite an existing output directory")
+
+    cfg = sub.add_parser("config", help="print every config key with its default and meaning",
+                         description="Print every config key, its default value and its description.")
+    cfg.add_argument("-c", "--config", help="show this file resolved instead of the defaults")
+    cfg.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+    return parser
+
+
+def _cmd_data(args) -> int:
+    if args.data_command == "synth":
+        from .data.synth import generate
+
+        s = generate(args.out, args.preset, args.seed)
+        print(f"SynthActions {s['preset']}: {s['classes']} classes, {s['videos']['train']} train / "
+              f"{s['videos']['val']} val / {s['videos']['test']} test videos, {s['stills']} stills "
+              f"in {s['seconds']:.1f} s -> {args.out}")
+        return 0
+    from .config import DataConfig, validate_data_paths
+    from .data.lists import load_split
+    from .data.scan import scan, write_manifest
+
+    dcfg = DataConfig(format=args.format, root=args.root, classes=args.classes, split=args.split,
+                      backend=args.backend, **{f"{args.subset}_list": args.list})
+    validate_data_paths(dcfg)
+    manifest = scan(load_split(dcfg, args.subset), backend="frames" if args.format == "frames" else args.backend)
+    write_manifest(manifest, args.out)
+    kinds: dict[str, int] = {}
+    for b in manifest["bad"]:
+        kinds[b["kind"]] = kinds.get(b["kind"], 0) + 1
+    detail = ", ".join(f"{v} {k}" for k, v in sorted(kinds.items()))
+    print(f"scanned {len(manifest['ok']) + len(manifest['bad'])}: {len(manifest['ok'])} ok, "
+          f"{len(manifest['bad'])} bad{' (' + detail + ')' if detail else ''} -> {args.out}")
+    return 0
+
+
+def _cmd_teacher(args) -> int:
+    from .teachers import train_action_teacher
+
+    if args.epochs < 1:
+        raise DtgError(f"--epochs must be >= 1, got {args.epochs}")
+    if args.input_size < 32:
+        raise DtgError(f"--input-size must be >= 32, got {args.input_size}")
+    r = train_action_teacher(args.images_dir, args.out, input_size=args.input_size, epochs=args.epochs,
+                             seed=args.seed)
+    print(f"action teacher: {r['classes']} classes, {r['images']} images, train acc {r['train_acc']:.3f}, "
+          f"val acc {r['val_acc']:.3f} -> {r['path']}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from .config import load_config
+    from .training import train
+
+    if args.resume and not args.config:
+        raise DtgError("--resume needs -c RUN_DIR/config.yaml (or the config the run started with)")
+    cfg = load_config(args.config, args.overrides)
+    init = getattr(args, "init", None)
+    if init and not Path(init).is_file():
+        raise DtgError(f"--init: file not found: {init}")
+    metrics = train(cfg, args.command, init=init, resume=args.resume, force=args.force,
+                    progress=not args.no_progress)
+    print(f"{args.command}: {metrics['steps']} steps, final loss {metrics['final_loss']}, "
+          f"{len(metrics['bad_items'])} bad items -> {cfg.run.out}")
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .config import load_config
+    from .evaluation import evaluate_checkpoints
+    from .students import checkpoint_config
+    from .training import pick_device
+
+    for c in args.checkpoint:
+        if not Path(c).is_file():
+            raise DtgError(f"--checkpoint: file not found: {c}")
+    base = None if args.config else checkpoint_config(args.checkpoint[0])
+    cfg = load_config(args.config, args.overrides, base=base)
+    if args.split == "all":
+        splits = [1, 2, 3]
+    elif args.split in ("1", "2", "3"):
+        splits = [int(args.split)]
+    elif args.split == "":
+        splits = [cfg.data.split]
+    else:
+        raise DtgError(f"--split must be 1, 2, 3 or all, got {args.split!r}")
+    res = evaluate_checkpoints(args.checkpoint, cfg, args.protocol, splits, pick_device(cfg.run.device))
+    print(json.dumps(res, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+    return 0
+
+
+def _cmd_config(args) -> int:
+    import yaml
+
+    from .config import field_docs, load_config, to_dict
+
+    if args.config or args.overrides:
+        cfg = load_config(args.config, args.overrides, check_paths=False)
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        return 0
+    from .config import Config
+
+    flat = {}
+
+    def walk(d, prefix):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            elif isinstance(v, list) and v and isinstance(v[0], dict):
+                walk(v[0], f"{prefix}{k}.N.")
+            else:
+                flat[f"{prefix}{k}"] = v
+
+    walk(to_dict(Config()), "")
+    for key, doc in field_docs().items():
+        if key in flat:
+            print(f"{key} = {flat[key]!r}\n    {doc}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    results = run_demo(args.out, quick=args.quick, seed=args.seed, force=args.force)
+    print(f"demo done in {results['seconds']:.0f} s -> {args.out}/results.json, report.md, report.html")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"data": _cmd_data, "teacher": _cmd_teacher, "pretrain": _cmd_train, "finetune": _cmd_train,
+                "joint": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "config": _cmd_config}
+    try:
+        return handlers[args.command](args)
+    except DtgError as e:
+        print(f"dtgnet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dtgnet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

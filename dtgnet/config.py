@@ -1,0 +1,445 @@
+"""Run configuration: dataclasses with one docstring per field, YAML files and dotted overrides.
+
+Every value is checked before any work starts. A mistake raises :class:`ConfigError` naming the dotted key;
+the CLI turns it into one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+DATA_FORMATS = ("list", "ucf101", "hmdb51", "kinetics", "folders", "frames")
+BACKENDS = ("pyav", "decord", "torchcodec")
+TEACHER_SOURCES = ("efficientnet_lite0", "torchvision", "torchscript", "onnx", "action")
+STUDENT_ARCHS = ("tsn_r18", "r3d_18", "r2plus1d_18", "s3d")
+LOSS_FORMS = ("infonce", "margin")
+WEIGHTINGS = ("fixed", "learned", "adaptive")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class DataConfig:
+    format: str = "list"
+    """Dataset layout: list (`relative/path label` lines), ucf101, hmdb51, kinetics (csv), folders
+    (`root/<class>/<video>`), frames (`root/<class>/<video>/<frame images>`)."""
+    root: str = ""
+    """Directory holding the videos; list entries are relative to it and may not leave it."""
+    train_list: str = ""
+    """Training list file (list/kinetics), split file (ucf101: trainlist0N.txt; hmdb51: split directory)."""
+    val_list: str = ""
+    """Validation list file; empty means no validation set."""
+    test_list: str = ""
+    """Test list file (ucf101: testlist0N.txt)."""
+    classes: str = ""
+    """Class-name file (one per line, or ucf101's classInd.txt); empty derives classes from the lists."""
+    split: int = 1
+    """Official split number for ucf101/hmdb51 (1, 2 or 3)."""
+    frames: int = 4
+    """Frames per sequence: TSN segments for 2D students, clip length for 3D students."""
+    stride: int = 2
+    """Frame stride inside a contiguous clip (3D students)."""
+    size: int = 112
+    """Side of the square crop fed to the student, in pixels."""
+    eval_clips: int = 3
+    """Clips per video at evaluation; video-level scores average their softmax."""
+    label_fraction: float = 1.0
+    """Fraction of labelled training videos used by finetune/joint (stratified, fixed by the seed)."""
+    backend: str = "pyav"
+    """Video decoder: pyav (default), decord or torchcodec (optional extras)."""
+    num_workers: int = 0
+    """DataLoader worker processes (0 loads in the main process)."""
+    max_bad_fraction: float = 0.05
+    """The run stops cleanly once more than this fraction of loaded items was unreadable."""
+    strong_aug: bool = True
+    """Colour jitter and random grayscale in training views (consistent within each sequence)."""
+    flip: bool = True
+    """Random horizontal flip in training views. Turn off when classes differ by left/right or
+    clockwise/counter-clockwise motion (a flip would swap them), as in SynthActions."""
+
+    @property
+    def reader(self) -> str:
+        """The frame reader: frame folders have their own, videos use ``backend``."""
+        return "frames" if self.format == "frames" else self.backend
+
+
+@dataclass
+class TeacherConfig:
+    name: str = "imagenet"
+    """Name used in logs, metrics and the report."""
+    source: str = "efficientnet_lite0"
+    """efficientnet_lite0 (bundled ImageNet weights), torchvision (model by weight name), torchscript file,
+    onnx file, or action (a file written by `dtgnet teacher train`)."""
+    weights: str = ""
+    """torchvision: weight enum name such as ResNet18_Weights.IMAGENET1K_V1; others: path to the file."""
+    weight: float = 1.0
+    """Initial (fixed: constant) weight w_k of this teacher's term in the DTG loss."""
+    input_size: int = 112
+    """Side of the square frame given to the teacher."""
+
+
+@dataclass
+class StudentConfig:
+    arch: str = "tsn_r18"
+    """Student backbone: tsn_r18 (TSN with ResNet-18, the paper's), r3d_18, r2plus1d_18 or s3d."""
+    temporal_shift: bool = False
+    """tsn_r18 only: insert temporal shift modules (TSM). Average consensus alone is blind to the order of
+    frames; turn this on when classes differ by the direction of time (SynthActions does)."""
+    proj_dim: int = 128
+    """Output dimension of every projection head."""
+    proj_hidden: int = 512
+    """Hidden width of the two-layer projection heads."""
+    dropout: float = 0.3
+    """Dropout before the classifier in finetune/joint."""
+
+
+@dataclass
+class LossConfig:
+    form: str = "infonce"
+    """Teacher/self term form: infonce (default) or margin (Hadsell-style contrastive)."""
+    tau: float = 0.1
+    """InfoNCE temperature."""
+    margin: float = 1.0
+    """Margin m of the margin form (embeddings are unit vectors, so distances lie in [0, 2])."""
+    self_weight: float = 1.0
+    """Weight w_0 of the student self term; 0 disables it."""
+    weighting: str = "fixed"
+    """Teacher weighting: fixed (teachers[*].weight), learned (uncertainty weighting) or adaptive (label-free,
+    from how well each teacher separates the batch's videos)."""
+    adaptive_momentum: float = 0.9
+    """EMA momentum of the adaptive weights' signal."""
+    adaptive_temperature: float = 0.5
+    """Softmax temperature turning adaptive scores into weights (lower = sharper)."""
+    joint_lambda: float = 1.0
+    """lambda in joint mode: L = CE + lambda * L_DTG."""
+    queue_size: int = 0
+    """Past teacher embeddings kept per teacher as extra InfoNCE negatives (teachers are frozen, so the
+    queue does not drift); 0 disables it."""
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 10
+    """Passes over the training list."""
+    batch_size: int = 16
+    """Videos per step (each gives two sequences in pretrain/joint)."""
+    lr: float = 0.003
+    """Peak learning rate (AdamW), reached after warm-up, then cosine decay to 1 % of it."""
+    head_lr_scale: float = 1.0
+    """Learning-rate multiplier of heads and classifier relative to the backbone."""
+    weight_decay: float = 0.05
+    """AdamW weight decay."""
+    warmup_steps: int = 20
+    """Linear warm-up steps."""
+    max_steps: int = 0
+    """Stop after this many steps (0: run all epochs)."""
+
+
+@dataclass
+class RunConfig:
+    out: str = "runs/run"
+    """Run directory for config.yaml, log.jsonl, TensorBoard events, metrics.json and checkpoints/."""
+    seed: int = 0
+    """Seed for sampling, augmentation and initialisation."""
+    device: str = "auto"
+    """auto (cuda when available), cpu or cuda."""
+    amp: bool = True
+    """bf16 autocast on GPU (ignored on CPU)."""
+    compile: bool = False
+    """Wrap the student in torch.compile."""
+    log_every: int = 10
+    """Steps between log.jsonl / TensorBoard records."""
+    keep_checkpoints: int = 2
+    """Most recent step checkpoints kept beside last.pt."""
+    checkpoint_every: int = 0
+    """Steps between checkpoints (0: at the end of every epoch only)."""
+    threads: int = 0
+    """torch CPU threads (0: torch's default)."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    """Dataset, sampling and augmentation."""
+    teachers: list[TeacherConfig] = field(default_factory=lambda: [TeacherConfig()])
+    """Frozen image teachers; an empty list gives plain two-view SSL."""
+    student: StudentConfig = field(default_factory=StudentConfig)
+    """Video student network and heads."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """DTG loss and teacher weighting."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimiser and schedule."""
+    run: RunConfig = field(default_factory=RunConfig)
+    """Run directory, seed, device."""
+
+
+# --------------------------------------------------------------------------------------- building and checks
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, tp, value):
+    """Convert a YAML value to the field type, or raise ConfigError naming the key."""
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(key, f"expected a mapping, got {value!r}")
+        return _build(tp, value, key)
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(key, f"expected a list, got {value!r}")
+        return [_coerce(f"{key}.{i}", item_tp, v) for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(key, f"expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(key, f"expected a string, got {value!r}")
+    raise ConfigError(key, f"unsupported type {_type_name(tp)}")
+
+
+def _build(cls, values: dict, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for k in values:
+        if k not in names:
+            full = f"{prefix}.{k}" if prefix else str(k)
+            raise ConfigError(full, f"unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {}
+    for k, v in values.items():
+        full = f"{prefix}.{k}" if prefix else k
+        kwargs[k] = _coerce(full, hints[k], v)
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_dotted(tree: dict, key: str, value) -> None:
+    parts = key.split(".")
+    node: Any = tree
+    for i, part in enumerate(parts[:-1]):
+        here = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(here, f"no list item {part} (the list has {len(node)})")
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if part not in node:
+                raise ConfigError(here, "unknown key")
+            node = node[part]
+        else:
+            raise ConfigError(here, "is a value, not a section")
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(key, f"no list item {last} (the list has {len(node)})")
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        if last not in node:
+            raise ConfigError(key, "unknown key")
+        node[last] = value
+    else:
+        raise ConfigError(key, "is a value, not a section")
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(text, "override must look like key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: Config | None = None, check_paths: bool = True) -> Config:
+    """Defaults (or ``base``) <- YAML file <- ``key=value`` overrides, then :func:`validate`."""
+    tree = to_dict(base if base is not None else Config())
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError("config", f"file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError("config", f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError("config", f"{p} must hold a mapping at the top level")
+        _merge(tree, loaded, "")
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    cfg = _build(Config, tree)
+    validate(cfg, check_paths=check_paths)
+    return cfg
+
+
+def _merge(tree: dict, loaded: dict, prefix: str) -> None:
+    for k, v in loaded.items():
+        full = f"{prefix}.{k}" if prefix else str(k)
+        if k not in tree:
+            raise ConfigError(full, f"unknown key (known: {', '.join(sorted(tree))})")
+        if isinstance(tree[k], dict) and isinstance(v, dict):
+            _merge(tree[k], v, full)
+        elif k == "teachers" and isinstance(v, list):
+            default = to_dict(TeacherConfig())
+            items = []
+            for i, item in enumerate(v):
+                if not isinstance(item, dict):
+                    raise ConfigError(f"{full}.{i}", f"expected a mapping, got {item!r}")
+                merged = dict(default)
+                _merge(merged, item, f"{full}.{i}")
+                items.append(merged)
+            tree[k] = items
+        else:
+            tree[k] = v
+
+
+def _choice(key, value, options):
+    if value not in options:
+        raise ConfigError(key, f"{value!r} is not one of {', '.join(options)}")
+
+
+def _at_least(key, value, low):
+    if value < low:
+        raise ConfigError(key, f"must be >= {low}, got {value}")
+
+
+def _in_range(key, value, low, high, low_open=False):
+    if value > high or value < low or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise ConfigError(key, f"must be in {bracket}{low}, {high}], got {value}")
+
+
+def validate(cfg: Config, check_paths: bool = True) -> None:
+    """Range, choice and path checks; raises ConfigError naming the first bad key."""
+    d, s, lo, o, r = cfg.data, cfg.student, cfg.loss, cfg.optim, cfg.run
+    _choice("data.format", d.format, DATA_FORMATS)
+    _choice("data.backend", d.backend, BACKENDS)
+    _in_range("data.split", d.split, 1, 3)
+    _at_least("data.frames", d.frames, 1)
+    _at_least("data.stride", d.stride, 1)
+    _at_least("data.size", d.size, 16)
+    _at_least("data.eval_clips", d.eval_clips, 1)
+    _in_range("data.label_fraction", d.label_fraction, 0.0, 1.0, low_open=True)
+    _at_least("data.num_workers", d.num_workers, 0)
+    _in_range("data.max_bad_fraction", d.max_bad_fraction, 0.0, 1.0)
+    names = set()
+    for i, t in enumerate(cfg.teachers):
+        _choice(f"teachers.{i}.source", t.source, TEACHER_SOURCES)
+        _at_least(f"teachers.{i}.weight", t.weight, 0.0)
+        _at_least(f"teachers.{i}.input_size", t.input_size, 32)
+        if not t.name:
+            raise ConfigError(f"teachers.{i}.name", "must not be empty")
+        if t.name in names:
+            raise ConfigError(f"teachers.{i}.name", f"duplicate teacher name {t.name!r}")
+        names.add(t.name)
+        if t.source in ("torchscript", "onnx", "action"):
+            if not t.weights:
+                raise ConfigError(f"teachers.{i}.weights", f"source {t.source} needs a file path")
+            if check_paths and not Path(t.weights).is_file():
+                raise ConfigError(f"teachers.{i}.weights", f"file not found: {t.weights}")
+        if t.source == "torchvision" and "." not in t.weights:
+            raise ConfigError(f"teachers.{i}.weights",
+                              f"expected a weight name such as ResNet18_Weights.IMAGENET1K_V1, got {t.weights!r}")
+    _choice("student.arch", s.arch, STUDENT_ARCHS)
+    _at_least("student.proj_dim", s.proj_dim, 1)
+    _at_least("student.proj_hidden", s.proj_hidden, 1)
+    _in_range("student.dropout", s.dropout, 0.0, 1.0)
+    _choice("loss.form", lo.form, LOSS_FORMS)
+    _in_range("loss.tau", lo.tau, 0.0, 10.0, low_open=True)
+    _in_range("loss.margin", lo.margin, 0.0, 2.0, low_open=True)
+    _at_least("loss.self_weight", lo.self_weight, 0.0)
+    _choice("loss.weighting", lo.weighting, WEIGHTINGS)
+    _in_range("loss.adaptive_momentum", lo.adaptive_momentum, 0.0, 1.0)
+    _in_range("loss.adaptive_temperature", lo.adaptive_temperature, 0.0, 100.0, low_open=True)
+    _at_least("loss.joint_lambda", lo.joint_lambda, 0.0)
+    _at_least("loss.queue_size", lo.queue_size, 0)
+    _at_least("optim.epochs", o.epochs, 1)
+    _at_least("optim.batch_size", o.batch_size, 2)
+    _in_range("optim.lr", o.lr, 0.0, 10.0, low_open=True)
+    _at_least("optim.head_lr_scale", o.head_lr_scale, 0.0)
+    _at_least("optim.weight_decay", o.weight_decay, 0.0)
+    _at_least("optim.warmup_steps", o.warmup_steps, 0)
+    _at_least("optim.max_steps", o.max_steps, 0)
+    _choice("run.device", r.device, DEVICES)
+    _at_least("run.log_every", r.log_every, 1)
+    _at_least("run.keep_checkpoints", r.keep_checkpoints, 1)
+    _at_least("run.threads", r.threads, 0)
+    _at_least("run.checkpoint_every", r.checkpoint_every, 0)
+    if not r.out:
+        raise ConfigError("run.out", "must not be empty")
+    if check_paths:
+        validate_data_paths(d)
+
+
+def validate_data_paths(d: DataConfig) -> None:
+    """The data root and every named list must exist."""
+    if not d.root:
+        raise ConfigError("data.root", "must be set (directory holding the videos)")
+    if not Path(d.root).is_dir():
+        raise ConfigError("data.root", f"directory not found: {d.root}")
+    for key in ("train_list", "val_list", "test_list", "classes"):
+        value = getattr(d, key)
+        if value and not Path(value).exists():
+            raise ConfigError(f"data.{key}", f"file not found: {value}")
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def field_docs(cls=Config) -> dict[str, str]:
+    """Dotted key -> docstring, read from the source (for `dtgnet config --help` and the docs)."""
+    import ast
+    import inspect
+
+    out: dict[str, str] = {}
+
+    def walk(c, prefix):
+        tree = ast.parse(inspect.getsource(c))
+        body = tree.body[0].body
+        hints = typing.get_type_hints(c)
+        for i, node in enumerate(body):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                name = node.target.id
+                doc = ""
+                if i + 1 < len(body) and isinstance(body[i + 1], ast.Expr) and isinstance(
+                        getattr(body[i + 1], "value", None), ast.Constant):
+                    doc = " ".join(str(body[i + 1].value.value).split())
+                key = f"{prefix}{name}"
+                tp = hints[name]
+                if dataclasses.is_dataclass(tp):
+                    walk(tp, key + ".")
+                elif typing.get_origin(tp) is list and dataclasses.is_dataclass(typing.get_args(tp)[0]):
+                    out[key] = doc
+                    walk(typing.get_args(tp)[0], key + ".N.")
+                else:
+                    out[key] = doc
+
+    walk(cls, "")
+    return out

@@ -1,0 +1,113 @@
+"""Datasets of two views per video (contrastive training), labelled sequences and multi-clip evaluation.
+
+Unreadable videos are never replaced by zeros: the item is skipped, another video is drawn in its place,
+and the failure travels with the batch (``bad`` field) so the training loop can count it, name it in the
+log and stop once more than ``data.max_bad_fraction`` of the items failed.
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import DataError, TooManyBadItems, VideoDecodeError
+from .lists import VideoList
+from .sampling import sequence_indices
+from .transforms import eval_transform, to_tensor, train_transform
+from .video import get_reader
+
+MAX_REPLACEMENTS = 10
+
+
+class VideoDataset(Dataset):
+    """``mode``: 'pair' (two random views: a, b), 'single' (one random view), 'eval' (``clips`` fixed clips).
+
+    Items are dicts: ``a``/``b`` or ``clips`` float tensors in [0, 1] shaped ``(T, 3, S, S)`` /
+    ``(clips, T, 3, S, S)``, ``label``, ``index`` (of the video actually used) and ``bad`` ('' or
+    'path<TAB>reason' lines for the videos that failed before it).
+    """
+
+    def __init__(self, videos: VideoList, mode: str, frames: int, size: int, temporal: str = "segments",
+                 stride: int = 1, clips: int = 1, backend: str = "pyav", seed: int = 0, flip: bool = True,
+                 strong_aug: bool = True, entries=None):
+        if mode not in ("pair", "single", "eval"):
+            raise ValueError(f"unknown mode {mode!r}")
+        self.videos = videos
+        self.entries = list(entries) if entries is not None else videos.good
+        if not self.entries:
+            raise DataError(f"{videos.source or videos.root}: no usable entries")
+        self.mode, self.frames, self.size, self.temporal = mode, frames, size, temporal
+        self.stride, self.clips, self.seed = stride, clips, seed
+        self.backend = backend
+        self.reader = get_reader("frames" if backend == "frames" else backend)
+        self.train_tf = train_transform(size, flip=flip, strong=strong_aug)
+        self.eval_tf = eval_transform(size)
+        self.epoch = 0
+        self._num_frames: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def labels(self) -> np.ndarray:
+        return np.array([e.label for e in self.entries])
+
+    def _rng(self, index: int, attempt: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index, attempt])
+
+    def _load(self, index: int, rng: np.random.Generator) -> dict:
+        entry = self.entries[index]
+        path = self.videos.full_path(entry)
+        n = self._num_frames.get(index)
+        if n is None:
+            n = self._num_frames[index] = self.reader.info(path).num_frames
+        if self.mode == "eval":
+            idx = [sequence_indices(n, self.frames, self.stride, self.temporal, None, c, self.clips)
+                   for c in range(self.clips)]
+            frames = to_tensor(self.reader.read(path, np.concatenate(idx)))  # (clips*T, 3, H, W)
+            clips = self.eval_tf(frames).unflatten(0, (self.clips, self.frames))
+            return {"clips": clips, "label": entry.label, "index": index}
+        views = 2 if self.mode == "pair" else 1
+        idx = [sequence_indices(n, self.frames, self.stride, self.temporal, rng) for _ in range(views)]
+        frames = to_tensor(self.reader.read(path, np.concatenate(idx)))  # (views*T, 3, H, W)
+        # torch's global RNG drives the v2 transforms: seed it per item (reproducible in any worker) inside
+        # fork_rng so the training process's own RNG stream is left untouched
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(rng.integers(0, 2**62)))
+            seqs = [self.train_tf(frames[v * self.frames:(v + 1) * self.frames]) for v in range(views)]
+        item = {"a": seqs[0], "label": entry.label, "index": index}
+        if views == 2:
+            item["b"] = seqs[1]
+        return item
+
+    def __getitem__(self, index: int) -> dict:
+        bad = []
+        current = index
+        for attempt in range(MAX_REPLACEMENTS + 1):
+            rng = self._rng(current, attempt)
+            try:
+                item = self._load(current, rng)
+                item["bad"] = "\n".join(bad)
+                return item
+            except VideoDecodeError as e:
+                bad.append(f"{e.path}\t{e.reason}")
+                # a replacement drawn from the item's own seed keeps runs reproducible
+                current = int(np.random.default_rng([self.seed, self.epoch, index, attempt, 7]).integers(len(self)))
+        raise TooManyBadItems(f"{MAX_REPLACEMENTS + 1} videos in a row failed to load; last: {bad[-1]}")
+
+
+def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of ``fraction`` of the items of every class (at least one each), fixed by ``seed``."""
+    if fraction >= 1.0:
+        return np.arange(len(labels))
+    chosen = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        rng = np.random.default_rng([seed, zlib.crc32(str(int(c)).encode())])
+        k = max(1, int(round(fraction * len(members))))
+        chosen.append(rng.choice(members, size=k, replace=False))
+    return np.sort(np.concatenate(chosen))

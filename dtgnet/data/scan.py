@@ -1,0 +1,46 @@
+"""`dtgnet data scan`: check every entry of a list and write a manifest of good and bad items."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import VideoDecodeError
+from .lists import VideoList
+from .video import get_reader
+
+
+KINDS = (("file not found", "missing"), ("empty file", "empty"), ("truncated", "truncated"),
+         ("decoding failed", "truncated"), ("unknown", "unknown label"), ("escapes", "outside root"),
+         ("absolute path", "outside root"))
+
+
+def reason_kind(reason: str) -> str:
+    """A short category for a bad item's reason (summaries group by it)."""
+    return next((kind for key, kind in KINDS if key in reason), "undecodable")
+
+
+def scan(videos: VideoList, backend: str = "pyav", progress: bool = True) -> dict:
+    """``{"ok": [paths], "bad": [{"path", "reason"}]}``. A video is fine when every frame decodes."""
+    from tqdm import tqdm
+
+    reader = get_reader(backend)
+    ok, bad = [], []
+    for entry in tqdm(videos.entries, desc="scan", disable=not progress, unit="video"):
+        if entry.problem:
+            bad.append({"path": entry.path, "reason": entry.problem, "kind": reason_kind(entry.problem)})
+            continue
+        path = videos.full_path(entry)
+        try:
+            n = reader.info(path).num_frames
+            reader.read(path, [n - 1])  # decodes every frame up to the last: catches truncation
+        except VideoDecodeError as e:
+            bad.append({"path": entry.path, "reason": e.reason, "kind": reason_kind(e.reason)})
+            continue
+        ok.append(entry.path)
+    return {"ok": ok, "bad": bad}
+
+
+def write_manifest(manifest: dict, out: str | Path) -> None:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(manifest, indent=1))

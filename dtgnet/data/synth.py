@@ -1,0 +1,281 @@
+"""SynthActions: the embedded, offline action-video benchmark.
+
+Every class is one half of a pair whose two members differ only in the direction of time: rotate clockwise
+vs counter-clockwise, approach vs recede, slide right vs left, rise vs fall, orbit clockwise vs
+counter-clockwise. A single frame therefore cannot tell a class from its partner; it shows at most which
+pair (the motion blur's shape and the actor's kind hint at it). Actors are cut from real images that
+scikit-image and scikit-learn ship (faces from LFW, hand-written digits, the cat, the astronaut, coffee,
+rocket, ...); each pair prefers one kind of actor (``p_favoured``) but any kind can play any class, so
+appearance is correlated with the class, not determined by it. Backgrounds are real textures and photos,
+with camera jitter, drifting clutter and sensor noise. Train, val and test draw actors and backgrounds from
+disjoint parts of the source images (like UCF101's groups).
+
+Written as H.264 mp4 files plus ``classes.txt``, ``train.txt``, ``val.txt``, ``test.txt`` (lines
+``relative/path.mp4 label``) and ``stills/<class>/*.png`` (single motion-blurred frames of separate
+renders, the still-image set for the image-based action teacher). The output depends only on the seed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PAIRS = [("rotate_cw", "rotate_ccw"), ("approach", "recede"), ("slide_right", "slide_left"),
+         ("rise", "fall"), ("orbit_cw", "orbit_ccw")]
+ACTOR_KINDS = ["face", "digit", "animal", "person", "object"]  # pair p favours ACTOR_KINDS[p]
+SPLITS = ("train", "val", "test")
+SPLIT_BANDS = {"train": (0.0, 0.6), "val": (0.6, 0.75), "test": (0.75, 1.0)}  # disjoint source regions
+
+
+@dataclass(frozen=True)
+class SynthPreset:
+    pairs: int
+    train_per_class: int
+    val_per_class: int
+    test_per_class: int
+    stills_per_class: int
+    frames: int
+    size: int
+    p_favoured: float = 0.6
+    subframes: int = 3  # temporal supersampling: motion blur inside each frame
+
+
+PRESETS = {
+    "quick": SynthPreset(pairs=3, train_per_class=16, val_per_class=4, test_per_class=8, stills_per_class=24,
+                         frames=16, size=64),
+    "default": SynthPreset(pairs=5, train_per_class=48, val_per_class=12, test_per_class=24,
+                           stills_per_class=60, frames=16, size=64),
+}
+
+
+def class_names(pairs: int) -> list[str]:
+    return [name for pair in PAIRS[:pairs] for name in pair]
+
+
+# ------------------------------------------------------------------------------------------ real images
+
+def _band(arr: np.ndarray, split: str, axis: int = 1) -> np.ndarray:
+    lo, hi = SPLIT_BANDS[split]
+    n = arr.shape[axis]
+    sl = [slice(None)] * arr.ndim
+    sl[axis] = slice(int(lo * n), max(int(hi * n), int(lo * n) + 1))
+    return arr[tuple(sl)]
+
+
+def _rgb(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.dtype == bool:
+        img = img.astype(np.uint8) * 255
+    if img.dtype != np.uint8:
+        img = (np.clip(img, 0, 1) * 255).astype(np.uint8)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return img[..., :3]
+
+
+class Sources:
+    """Actor and background material per split, loaded once from scikit-image / scikit-learn."""
+
+    def __init__(self):
+        import skimage.data as skd
+        from sklearn.datasets import load_digits
+
+        faces = skd.lfw_subset()  # (200, 25, 25) float in [0, 1]
+        digits = load_digits().images / 16.0  # (1797, 8, 8)
+        photos = {"animal": [skd.chelsea(), skd.horse()], "person": [skd.astronaut(), skd.camera()],
+                  "object": [skd.coffee(), skd.rocket(), skd.clock()]}
+        backgrounds = [skd.brick(), skd.grass(), skd.gravel(), skd.moon(), skd.hubble_deep_field(),
+                       skd.immunohistochemistry(), skd.retina(), skd.coins(), skd.page()]
+        self.actors: dict[str, dict] = {}
+        self.backgrounds: dict[str, list[np.ndarray]] = {}
+        for split in SPLITS:
+            lo, hi = SPLIT_BANDS[split]
+            self.actors[split] = {
+                "face": faces[int(lo * len(faces)):int(hi * len(faces))],
+                "digit": digits[int(lo * len(digits)):int(hi * len(digits))],
+                **{k: [_rgb(_band(p, split)) for p in v] for k, v in photos.items()},
+            }
+            self.backgrounds[split] = [_rgb(_band(b, split)) for b in backgrounds]
+
+
+def _ellipse_mask(h: int, w: int, rng) -> np.ndarray:
+    yy, xx = np.mgrid[-1:1:h * 1j, -1:1:w * 1j]
+    ax, ay = rng.uniform(0.75, 1.0, size=2)
+    r = (xx / ax) ** 2 + (yy / ay) ** 2
+    return np.clip((1.0 - r) * 4.0, 0, 1)
+
+
+def _actor_sprite(src: Sources, split: str, kind: str, rng) -> np.ndarray:
+    """RGBA float sprite ``(4, 32, 32)`` in [0, 1]."""
+    pool = src.actors[split][kind]
+    if kind == "face":
+        g = pool[rng.integers(len(pool))]
+        rgb = np.repeat(g[..., None], 3, 2) * rng.uniform(0.7, 1.0, size=3)  # tinted
+        alpha = _ellipse_mask(*g.shape, rng)
+    elif kind == "digit":
+        g = pool[rng.integers(len(pool))]
+        colour = rng.uniform(0.3, 1.0, size=3)
+        rgb = np.ones(g.shape + (3,)) * colour
+        alpha = np.clip(g * 1.5, 0, 1)
+    else:
+        img = pool[rng.integers(len(pool))]
+        h, w = img.shape[:2]
+        side = int(rng.uniform(0.25, 0.5) * min(h, w))
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        rgb = img[y:y + side, x:x + side].astype(np.float64) / 255.0
+        alpha = _ellipse_mask(side, side, rng)
+    t = torch.from_numpy(np.concatenate([rgb, alpha[..., None]], 2)).permute(2, 0, 1).float()
+    return F.interpolate(t[None], size=(32, 32), mode="bilinear", antialias=True, align_corners=False)[0]
+
+
+def _background(src: Sources, split: str, size: int, frames: int, rng) -> torch.Tensor:
+    """``(frames, 3, size, size)`` crops of one real background with a random-walk camera jitter."""
+    pool = src.backgrounds[split]
+    img = pool[rng.integers(len(pool))]
+    h, w = img.shape[:2]
+    crop = int(min(h, w, rng.uniform(1.2, 2.0) * size))
+    pad = 8
+    crop = min(crop, min(h, w) - 2 * pad - 1)
+    y0, x0 = rng.integers(pad, h - crop - pad + 1), rng.integers(pad, w - crop - pad + 1)
+    walk = np.clip(np.cumsum(rng.normal(0, 1.2, size=(frames, 2)), axis=0), -pad, pad).astype(int)
+    tint = rng.uniform(0.6, 1.1, size=3)
+    out = []
+    for dy, dx in walk:
+        patch = img[y0 + dy:y0 + dy + crop, x0 + dx:x0 + dx + crop].astype(np.float32) / 255.0 * tint
+        out.append(torch.from_numpy(patch).permute(2, 0, 1))
+    bg = torch.stack(out).float()
+    return F.interpolate(bg, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def _trajectory(name: str, t: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centre x, y (canvas units, [-1, 1]), scale (sprite side / canvas side) and angle (rad) at times ``t``
+    in [0, 1]. The two classes of a pair are the same path run forwards and backwards in time."""
+    base, direction = name.rsplit("_", 1) if "_" in name else (name, "")
+    forward = name in {p[0] for p in PAIRS}
+    tt = t if forward else 1.0 - t
+    n = len(t)
+    cx = np.full(n, rng.uniform(-0.3, 0.3))
+    cy = np.full(n, rng.uniform(-0.3, 0.3))
+    scale = np.full(n, rng.uniform(0.35, 0.5))
+    angle = rng.uniform(-0.2, 0.2) + rng.normal(0, 0.03, n).cumsum()
+    if base == "rotate":
+        angle = angle + rng.uniform(0, 2 * math.pi) + tt * rng.uniform(1.6, 3.2)
+    elif name in ("approach", "recede"):
+        s0, s1 = rng.uniform(0.18, 0.28), rng.uniform(0.6, 0.8)
+        scale = s0 + (s1 - s0) * tt
+    elif base == "slide":
+        x0 = rng.uniform(-0.75, -0.45)
+        cx = x0 + tt * rng.uniform(1.0, 1.4)
+    elif name in ("rise", "fall"):
+        y0 = rng.uniform(0.45, 0.75)
+        cy = y0 - tt * rng.uniform(1.0, 1.4)
+    elif base == "orbit":
+        radius = rng.uniform(0.35, 0.5)
+        phase = rng.uniform(0, 2 * math.pi)
+        theta = phase + tt * rng.uniform(3.0, 4.5)
+        cx, cy = radius * np.cos(theta), radius * np.sin(theta)
+    else:
+        raise ValueError(f"unknown class {name!r}")
+    return cx, cy, scale, angle
+
+
+def _paste(canvas: torch.Tensor, sprite: torch.Tensor, cx, cy, scale, angle) -> torch.Tensor:
+    """Alpha-composite ``sprite`` (4, h, w) onto ``canvas`` (N, 3, S, S) with one affine pose per frame."""
+    n, _, s, _ = canvas.shape
+    cos, sin = np.cos(angle), np.sin(angle)
+    inv = 1.0 / np.maximum(scale, 1e-3)
+    # inverse map: canvas coords -> sprite coords
+    theta = np.stack([np.stack([cos * inv, sin * inv, -(cos * cx + sin * cy) * inv], -1),
+                      np.stack([-sin * inv, cos * inv, -(-sin * cx + cos * cy) * inv], -1)], 1)  # (N, 2, 3)
+    grid = F.affine_grid(torch.from_numpy(theta).float(), [n, 4, s, s], align_corners=False)
+    warped = F.grid_sample(sprite.expand(n, -1, -1, -1), grid, align_corners=False)  # (N, 4, S, S)
+    alpha = warped[:, 3:4]
+    return canvas * (1 - alpha) + warped[:, :3] * alpha
+
+
+def render(name: str, split: str, src: Sources, preset: SynthPreset, rng, pair_index: int,
+           frames: int | None = None) -> np.ndarray:
+    """One video of class ``name``: uint8 ``(frames, S, S, 3)``."""
+    frames = frames or preset.frames
+    sub = preset.subframes
+    kind = ACTOR_KINDS[pair_index] if rng.random() < preset.p_favoured else ACTOR_KINDS[rng.integers(len(ACTOR_KINDS))]
+    actor = _actor_sprite(src, split, kind, rng)
+    bg = _background(src, split, preset.size, frames, rng)
+    t = np.linspace(0, 1, frames * sub)
+    canvas = bg.repeat_interleave(sub, 0)  # (frames*sub, 3, S, S)
+    for _ in range(rng.integers(1, 3)):  # clutter: other actors drifting slowly
+        other = _actor_sprite(src, split, ACTOR_KINDS[rng.integers(len(ACTOR_KINDS))], rng)
+        start, vel = rng.uniform(-0.8, 0.8, 2), rng.normal(0, 0.15, 2)
+        canvas = _paste(canvas, other * torch.tensor([1, 1, 1, 0.8]).view(4, 1, 1),
+                        start[0] + vel[0] * t, start[1] + vel[1] * t, np.full_like(t, rng.uniform(0.15, 0.25)),
+                        rng.uniform(0, 6.3) + 0 * t)
+    canvas = _paste(canvas, actor, *_trajectory(name, t, rng))
+    video = canvas.unflatten(0, (frames, sub)).mean(1)  # motion blur from sub-frames
+    video = video + torch.from_numpy(rng.normal(0, 0.02, video.shape)).float()
+    return (video.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+
+
+def write_mp4(path: Path, frames: np.ndarray, fps: int = 12) -> None:
+    """H.264 (yuv420p) mp4 through PyAV; single-threaded encoding keeps the bytes reproducible."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1", "g": "8"}
+        for img in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def generate(out: str | Path, preset: str = "quick", seed: int = 0, progress: bool = True) -> dict:
+    """Write SynthActions under ``out``; returns a summary (counts, seconds)."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+    p = PRESETS[preset]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    torch.set_num_threads(1)  # tiny tensors: threading costs more than it gives, and keeps results exact
+    src = Sources()
+    names = class_names(p.pairs)
+    (out / "classes.txt").write_text("".join(n + "\n" for n in names))
+    counts = {"train": p.train_per_class, "val": p.val_per_class, "test": p.test_per_class}
+    jobs = [(split, c, i) for split in SPLITS for c in range(len(names)) for i in range(counts[split])]
+    jobs += [("stills", c, i) for c in range(len(names)) for i in range(p.stills_per_class)]
+    lines: dict[str, list[str]] = {s: [] for s in SPLITS}
+    for split, c, i in tqdm(jobs, desc=f"synth {preset}", disable=not progress, unit="video"):
+        name = names[c]
+        rng = np.random.default_rng([seed, SPLITS.index(split) if split in SPLITS else 3, c, i])
+        if split == "stills":
+            # a separate render (train sources), one blurred frame at a random moment
+            video = render(name, "train", src, p, rng, c // 2, frames=p.frames)
+            img = video[rng.integers(p.frames)]
+            path = out / "stills" / name / f"{name}_{i:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(path)
+            continue
+        video = render(name, split, src, p, rng, c // 2)
+        rel = f"videos/{split}/{name}/{name}_{i:04d}.mp4"
+        write_mp4(out / rel, video)
+        lines[split].append(f"{rel} {c}\n")
+    for split in SPLITS:
+        (out / f"{split}.txt").write_text("".join(lines[split]))
+    summary = {"preset": preset, "seed": seed, "classes": len(names), "frames": p.frames, "size": p.size,
+               "videos": {s: len(lines[s]) for s in SPLITS}, "stills": len(names) * p.stills_per_class,
+               "seconds": round(time.time() - t0, 2), "settings": asdict(p)}
+    (out / "synth.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "seconds"}, indent=2))
+    return summary

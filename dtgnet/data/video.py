@@ -1,0 +1,213 @@
+"""Video decoding: frames at given indices as uint8 ``(T, H, W, 3)`` arrays.
+
+A frame's index is its position in decode (presentation) order, so indices stay correct on variable frame
+rate and 30000/1001 fps files. Display rotation stored in the file is applied. PyAV is the default back-end;
+decord and torchcodec are used when installed and asked for. Pre-extracted frame folders read the same way.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import VideoDecodeError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise VideoDecodeError(path, "file not found")
+    if path.is_file() and path.stat().st_size == 0:
+        raise VideoDecodeError(path, "empty file (0 bytes)")
+
+
+def rotate_frame(frame: np.ndarray, degrees: int) -> np.ndarray:
+    """Apply a display rotation (counter-clockwise degrees, as FFmpeg's display matrix reports it)."""
+    turns = (int(round(degrees / 90.0)) % 4)
+    return np.ascontiguousarray(np.rot90(frame, k=turns)) if turns else frame
+
+
+class PyAVReader:
+    name = "pyav"
+
+    def info(self, path: str | os.PathLike) -> VideoInfo:
+        import av
+
+        path = Path(path)
+        _check_file(path)
+        try:
+            with av.open(str(path)) as container:
+                if not container.streams.video:
+                    raise VideoDecodeError(path, "no video stream")
+                stream = container.streams.video[0]
+                n = stream.frames
+                if n <= 0:  # some containers omit the count: count packets (no decoding)
+                    n = sum(1 for p in container.demux(stream) if p.size > 0)
+                rate = stream.average_rate or stream.guessed_rate or 0
+                w, h = stream.codec_context.width, stream.codec_context.height
+        except VideoDecodeError:
+            raise
+        except Exception as e:  # PyAV raises many FFmpeg error types
+            raise VideoDecodeError(path, f"cannot open: {type(e).__name__}: {e}") from None
+        if n <= 0 or w <= 0 or h <= 0:
+            raise VideoDecodeError(path, "no decodable frames")
+        return VideoInfo(num_frames=int(n), fps=float(rate), width=w, height=h)
+
+    def read(self, path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
+        import av
+
+        path = Path(path)
+        _check_file(path)
+        wanted = sorted(set(int(i) for i in indices))
+        if not wanted:
+            raise ValueError("no frame indices requested")
+        if wanted[0] < 0:
+            raise ValueError(f"negative frame index {wanted[0]}")
+        got: dict[int, np.ndarray] = {}
+        last = wanted[-1]
+        n_decoded = 0
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                targets = set(wanted)
+                for i, frame in enumerate(container.decode(stream)):
+                    n_decoded = i + 1
+                    if i in targets:
+                        img = frame.to_ndarray(format="rgb24")
+                        got[i] = rotate_frame(img, getattr(frame, "rotation", 0) or 0)
+                    if i >= last:
+                        break
+        except Exception as e:
+            raise VideoDecodeError(path, f"decoding failed after {n_decoded} frames: {type(e).__name__}: {e}") from None
+        if len(got) < len(wanted):
+            raise VideoDecodeError(path, f"truncated: decoded {n_decoded} frames, frame {last} was requested")
+        return np.stack([got[int(i)] for i in indices])
+
+
+class DecordReader:
+    name = "decord"
+
+    def _open(self, path: Path):
+        import decord
+
+        _check_file(path)
+        try:
+            return decord.VideoReader(str(path), num_threads=1)
+        except Exception as e:
+            raise VideoDecodeError(path, f"cannot open: {e}") from None
+
+    def info(self, path) -> VideoInfo:
+        path = Path(path)
+        vr = self._open(path)
+        h, w = vr[0].shape[:2]
+        return VideoInfo(len(vr), float(vr.get_avg_fps()), w, h)
+
+    def read(self, path, indices) -> np.ndarray:
+        path = Path(path)
+        vr = self._open(path)
+        if max(indices) >= len(vr):
+            raise VideoDecodeError(path, f"truncated: {len(vr)} frames, frame {max(indices)} was requested")
+        try:
+            return vr.get_batch(list(indices)).asnumpy()
+        except Exception as e:
+            raise VideoDecodeError(path, f"decoding failed: {e}") from None
+
+
+class TorchCodecReader:
+    name = "torchcodec"
+
+    def _open(self, path: Path):
+        from torchcodec.decoders import VideoDecoder
+
+        _check_file(path)
+        try:
+            return VideoDecoder(str(path), dimension_order="NHWC")
+        except Exception as e:
+            raise VideoDecodeError(path, f"cannot open: {e}") from None
+
+    def info(self, path) -> VideoInfo:
+        path = Path(path)
+        dec = self._open(path)
+        md = dec.metadata
+        return VideoInfo(int(md.num_frames), float(md.average_fps or 0), int(md.width), int(md.height))
+
+    def read(self, path, indices) -> np.ndarray:
+        path = Path(path)
+        dec = self._open(path)
+        try:
+            return dec.get_frames_at(indices=list(indices)).data.numpy()
+        except Exception as e:
+            raise VideoDecodeError(path, f"decoding failed: {e}") from None
+
+
+class FrameFolderReader:
+    """A directory of images, one per frame, in name order (``img_00001.jpg`` ...)."""
+
+    name = "frames"
+
+    def _frames(self, path: Path) -> list[Path]:
+        if not path.is_dir():
+            raise VideoDecodeError(path, "frame folder not found")
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise VideoDecodeError(path, "frame folder holds no images")
+        return files
+
+    def info(self, path) -> VideoInfo:
+        from PIL import Image
+
+        files = self._frames(Path(path))
+        try:
+            with Image.open(files[0]) as im:
+                w, h = im.size
+        except Exception as e:
+            raise VideoDecodeError(files[0], f"unreadable image: {e}") from None
+        return VideoInfo(len(files), 0.0, w, h)
+
+    def read(self, path, indices) -> np.ndarray:
+        from PIL import Image
+
+        files = self._frames(Path(path))
+        out = []
+        for i in indices:
+            if i >= len(files):
+                raise VideoDecodeError(path, f"frame {i} requested, folder has {len(files)}")
+            try:
+                with Image.open(files[i]) as im:
+                    out.append(np.asarray(im.convert("RGB")))
+            except Exception as e:
+                raise VideoDecodeError(files[i], f"unreadable image: {e}") from None
+        return np.stack(out)
+
+
+_READERS = {"pyav": PyAVReader, "decord": DecordReader, "torchcodec": TorchCodecReader, "frames": FrameFolderReader}
+_MODULES = {"pyav": "av", "decord": "decord", "torchcodec": "torchcodec"}
+
+
+def available_backends() -> list[str]:
+    return [b for b, mod in _MODULES.items() if importlib.util.find_spec(mod) is not None]
+
+
+def get_reader(backend: str):
+    """Reader for a back-end name; a missing optional back-end is a clear error, not an ImportError."""
+    if backend not in _READERS:
+        raise ValueError(f"unknown video backend {backend!r} (known: {', '.join(_READERS)})")
+    module = _MODULES.get(backend)
+    if module and importlib.util.find_spec(module) is None:
+        from ..errors import ConfigError
+
+        raise ConfigError("data.backend", f"{backend} is not installed (pip install 'dtgnet[{backend}]')")
+    return _READERS[backend]()

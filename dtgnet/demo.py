@@ -1,0 +1,163 @@
+"""`dtgnet demo`: the whole method on SynthActions, offline, from nothing.
+
+1. generate SynthActions; 2. train the image-based action teacher on its stills; 3. DTG pre-train with both
+teachers (bundled ImageNet EfficientNet-Lite0 + the action teacher) and the same SSL without teachers;
+4. fine-tune each, and a student from scratch, on 10 % of the labels; 5. train the same student on single
+frames with all labels (what appearance alone reaches); 6. evaluate all on the test split; 7. write
+results.json and report.md / report.html.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import Config, TeacherConfig, validate
+from .data.synth import generate
+from .errors import DtgError
+from .evaluation import evaluate_model, extract, _eval_dataset, video_embeddings
+from .students import load_student
+from .teachers import train_action_teacher
+from .training import train
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    preset: str
+    frames: int
+    size: int
+    batch_size: int
+    pretrain_epochs: int
+    finetune_epochs: int
+    single_frame_epochs: int
+    teacher_input: int
+    label_fraction: float = 0.1
+
+
+PLANS = {
+    "quick": DemoPlan("quick", frames=4, size=48, batch_size=16, pretrain_epochs=6, finetune_epochs=40,
+                      single_frame_epochs=6, teacher_input=64),
+    "full": DemoPlan("default", frames=6, size=56, batch_size=24, pretrain_epochs=16, finetune_epochs=60,
+                     single_frame_epochs=8, teacher_input=96),
+}
+
+
+def base_config(data_dir: Path, plan: DemoPlan, seed: int) -> Config:
+    cfg = Config()
+    d = cfg.data
+    d.format, d.root = "list", str(data_dir)
+    d.train_list, d.val_list, d.test_list = (str(data_dir / f"{s}.txt") for s in ("train", "val", "test"))
+    d.classes = str(data_dir / "classes.txt")
+    d.frames, d.size, d.flip = plan.frames, plan.size, False  # a flip would swap cw/ccw and left/right
+    d.eval_clips = 2
+    cfg.student.arch, cfg.student.temporal_shift = "tsn_r18", True  # order matters in SynthActions
+    cfg.optim.batch_size = plan.batch_size
+    cfg.run.seed, cfg.run.log_every = seed, 5
+    return cfg
+
+
+def pretrain_config(base: Config, runs: Path, name: str, teachers: list[TeacherConfig], plan: DemoPlan) -> Config:
+    cfg = copy.deepcopy(base)
+    cfg.teachers = teachers
+    cfg.optim.epochs, cfg.optim.lr, cfg.optim.warmup_steps = plan.pretrain_epochs, 2e-3, 10
+    cfg.run.out = str(runs / name)
+    validate(cfg)
+    return cfg
+
+
+def finetune_config(base: Config, runs: Path, name: str, plan: DemoPlan, frames: int | None = None,
+                    label_fraction: float | None = None, epochs: int | None = None) -> Config:
+    cfg = copy.deepcopy(base)
+    cfg.teachers = []
+    cfg.data.label_fraction = plan.label_fraction if label_fraction is None else label_fraction
+    if frames is not None:
+        cfg.data.frames = frames
+        cfg.student.temporal_shift = frames > 1
+    cfg.optim.epochs = epochs or plan.finetune_epochs
+    cfg.optim.batch_size = 8
+    cfg.optim.lr, cfg.optim.warmup_steps = 1e-3, 5
+    cfg.run.out = str(runs / name)
+    validate(cfg)
+    return cfg
+
+
+def run_demo(out, quick: bool = False, seed: int = 0, force: bool = False, progress: bool = True) -> dict:
+    from .reports import write_report
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise DtgError(f"{out}: exists and is not empty; pass --force to overwrite it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plan = PLANS["quick" if quick else "full"]
+    t0 = time.time()
+    timings: dict[str, float] = {}
+
+    def timed(name, fn, *a, **kw):
+        t = time.time()
+        r = fn(*a, **kw)
+        timings[name] = round(time.time() - t, 1)
+        return r
+
+    data_dir, runs = out / "data", out / "runs"
+    synth = timed("synth", generate, data_dir, plan.preset, seed, progress)
+    action = timed("action_teacher", train_action_teacher, data_dir / "stills", out / "teachers" / "action.safetensors",
+                   input_size=plan.teacher_input, seed=seed, progress=progress)
+    base = base_config(data_dir, plan, seed)
+    teachers = [TeacherConfig("imagenet", "efficientnet_lite0", "", 1.0, plan.teacher_input),
+                TeacherConfig("action", "action", action["path"], 1.0, plan.teacher_input)]
+    jobs = {
+        "dtg_pretrain": ("pretrain", pretrain_config(base, runs, "dtg_pretrain", teachers, plan), None),
+        "ssl_pretrain": ("pretrain", pretrain_config(base, runs, "ssl_pretrain", [], plan), None),
+    }
+    for name, (mode, cfg, init) in jobs.items():
+        timed(name, train, cfg, mode, init, progress=progress)
+    finetunes = {
+        "dtg": finetune_config(base, runs, "dtg_finetune", plan),
+        "ssl": finetune_config(base, runs, "ssl_finetune", plan),
+        "scratch": finetune_config(base, runs, "scratch_finetune", plan),
+        "single_frame": finetune_config(base, runs, "single_frame", plan, frames=1, label_fraction=1.0,
+                                        epochs=plan.single_frame_epochs),
+    }
+    inits = {"dtg": runs / "dtg_pretrain" / "student.safetensors",
+             "ssl": runs / "ssl_pretrain" / "student.safetensors"}
+    results: dict = {}
+    for name, cfg in finetunes.items():
+        timed(f"{name}_finetune", train, cfg, "finetune", str(inits[name]) if name in inits else None,
+              progress=progress)
+        model = load_student(Path(cfg.run.out) / "student.safetensors")
+        res = timed(f"{name}_eval", evaluate_model, model, cfg, "finetune")
+        results[name] = {"top1": res["video_top1"], "clip_top1": res["clip_top1"],
+                         "label_fraction": cfg.data.label_fraction, "frames": cfg.data.frames,
+                         "predictions": res["predictions"], "labels": res["labels"]}
+    # representation quality of the pre-trained students, before any label is used
+    embeddings = {}
+    for name in ("dtg", "ssl"):
+        cfg = jobs[f"{name}_pretrain"][1]
+        model = load_student(Path(cfg.run.out) / "student.safetensors")
+        knn = evaluate_model(model, cfg, "knn")
+        rec = evaluate_model(model, cfg, "retrieval")
+        results[name].update({"knn_top1": knn["top1"], **{f"retrieval_{k}": v for k, v in rec.items()}})
+        if name == "dtg":
+            test = extract(model, _eval_dataset(cfg, "test", model), "cpu")
+            embeddings = {"x": video_embeddings(test["feats"]).tolist(), "labels": test["labels"].tolist()}
+    metrics = {name: json.loads((runs / f"{name}_pretrain" / "metrics.json").read_text()) for name in ("dtg", "ssl")}
+    summary = {
+        **{k: {kk: vv for kk, vv in v.items() if kk not in ("predictions", "labels")} for k, v in results.items()},
+        "action_teacher": {"train_acc": action["train_acc"], "val_acc": action["val_acc"]},
+        "teacher_weights": metrics["dtg"]["teacher_weights"],
+        "data": {"preset": synth["preset"], "classes": synth["classes"], "videos": synth["videos"],
+                 "stills": synth["stills"]},
+        "plan": plan.__dict__, "timings_s": timings, "seconds": round(time.time() - t0, 1),
+        "machine": {"threads": torch.get_num_threads(), "device": "cpu"},
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    classes = (data_dir / "classes.txt").read_text().split()
+    write_report(out, summary, results, classes, embeddings, runs)
+    return summary

@@ -1,0 +1,36 @@
+"""Typed errors. A user mistake becomes one of these and the CLI prints one line, exit status 2."""
+from __future__ import annotations
+
+
+class DtgError(Exception):
+    """Base class for errors caused by input (config, files, data), not by a bug."""
+
+
+class ConfigError(DtgError):
+    """A config key is unknown, mistyped or out of range; the message names the key."""
+
+    def __init__(self, key: str, problem: str):
+        self.key = key
+        self.problem = problem
+        super().__init__(f"config key '{key}': {problem}")
+
+
+class DataError(DtgError):
+    """A list file, data root or dataset entry is unusable; the message names the file."""
+
+
+class VideoDecodeError(DataError):
+    """A video could not be opened or decoded."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+class TooManyBadItems(DataError):
+    """More than the configured fraction of items failed to load during a run."""
+
+
+class CheckpointError(DtgError):
+    """A checkpoint or weights file is missing, unsafe or does not match the model."""

