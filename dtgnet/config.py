@@ -158,8 +158,8 @@ class RunConfig:
     """Steps between log.jsonl / TensorBoard records."""
     keep_checkpoints: int = 2
     """Most recent step checkpoints kept beside last.pt."""
-    checkpoint_every: int = 0
-    """Steps between checkpoints (0: at the end of every epoch only)."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints; one is always written when the run ends or stops early."""
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
 
@@ -390,7 +390,7 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     _at_least("run.log_every", r.log_every, 1)
     _at_least("run.keep_checkpoints", r.keep_checkpoints, 1)
     _at_least("run.threads", r.threads, 0)
-    _at_least("run.checkpoint_every", r.checkpoint_every, 0)
+    _at_least("run.checkpoint_every", r.checkpoint_every, 1)
     if not r.out:
         raise ConfigError("run.out", "must not be empty")
     if check_paths:

@@ -288,7 +288,7 @@ def train_action_teacher(images_dir, out, input_size: int = 96, hidden: int = 25
         for p in paths[i:i + batch]:
             try:
                 with Image.open(p) as im:
-                    imgs.append(torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1).float() / 255)
+                    imgs.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).float() / 255)
             except Exception as e:
                 from .errors import DataError
 

@@ -308,14 +308,13 @@ class Trainer:
                     bar.update(1)
                     if self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
                         self._log_window(out, window, bar)
-                    if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
+                    if self.step % cfg.run.checkpoint_every == 0 and self.step < self.total_steps:
                         self._checkpoint()
                     if self.step >= self.total_steps:
                         break
                     t_wait = time.perf_counter()
-                if self.step >= self.total_steps or self.step % self.steps_per_epoch == 0:
-                    self.epoch = self.step // self.steps_per_epoch
-                    self._checkpoint()
+                self.epoch = self.step // self.steps_per_epoch
+            self._checkpoint()
             bar.close()
             return self._finish()
         finally:

@@ -230,22 +230,29 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 12) -> None:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "18", "preset": "veryfast", "threads": "1", "g": "8"}
-        for img in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")):
+        stream.codec_context.thread_count = 1
+        stream.codec_context.thread_type = "NONE"
+        stream.options = {"crf": "18", "preset": "veryfast", "g": "8", "x264-params": "threads=1:sliced-threads=0"}
+        for i, img in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
 
 
-def generate(out: str | Path, preset: str = "quick", seed: int = 0, progress: bool = True) -> dict:
-    """Write SynthActions under ``out``; returns a summary (counts, seconds)."""
+def generate(out: str | Path, preset: str | SynthPreset = "quick", seed: int = 0, progress: bool = True) -> dict:
+    """Write SynthActions under ``out`` (a preset name or a :class:`SynthPreset`); returns a summary."""
     from PIL import Image
     from tqdm import tqdm
 
-    if preset not in PRESETS:
+    if isinstance(preset, SynthPreset):
+        p, preset = preset, "custom"
+    elif preset in PRESETS:
+        p = PRESETS[preset]
+    else:
         raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
-    p = PRESETS[preset]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny real mp4 videos (written with PyAV), salted bad files, a tiny SynthActions set."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dtgnet.data.synth import SynthPreset, generate, write_mp4
+
+REAL_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_clips"
+UCF_SPLITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ucf101_splits"
+TINY = SynthPreset(pairs=2, train_per_class=6, val_per_class=2, test_per_class=3, stills_per_class=6,
+                   frames=8, size=32)
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def moving_square(frames: int = 8, size: int = 32, seed: int = 0) -> np.ndarray:
+    """uint8 (T, H, W, 3): a textured square sliding right; frame t differs visibly from frame t+1."""
+    rng = np.random.default_rng(seed)
+    tex = rng.integers(0, 255, size=(10, 10, 3), dtype=np.uint8)
+    out = np.full((frames, size, size, 3), 40, np.uint8)
+    for t in range(frames):
+        x = 2 + 2 * t
+        out[t, 10:20, x:x + 10] = tex
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_synth(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, TINY, seed=0, progress=False)
+    return root
+
+
+@pytest.fixture()
+def video_dir(tmp_path) -> Path:
+    """root/ with 4 good videos in 2 class folders, the salted bad files, and a list naming all of them."""
+    root = tmp_path / "videos"
+    for c in ("walk", "run"):
+        for i in range(2):
+            write_mp4(root / c / f"{c}{i}.mp4", moving_square(seed=i + (10 if c == "run" else 0)))
+    good = root / "walk" / "walk0.mp4"
+    data = good.read_bytes()
+    (root / "bad").mkdir()
+    (root / "bad" / "empty.mp4").write_bytes(b"")
+    (root / "bad" / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    (root / "bad" / "garbage.mp4").write_bytes(np.random.default_rng(0).bytes(4096))
+    lines = ["walk/walk0.mp4 0", "walk/walk1.mp4 0", "run/run0.mp4 1", "run/run1.mp4 1"]
+    (tmp_path / "good.txt").write_text("\n".join(lines) + "\n")
+    bad = ["bad/empty.mp4 0", "bad/truncated.mp4 0", "bad/garbage.mp4 1", "bad/missing.mp4 1",
+           "walk/walk0.mp4 7", "../outside.mp4 0"]
+    (tmp_path / "all.txt").write_text("\n".join(lines + bad) + "\n")
+    (tmp_path / "classes.txt").write_text("walk\nrun\n")
+    return root

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+import torch
+
+from dtgnet.data.dataset import VideoDataset, stratified_subset
+from dtgnet.data.lists import parse_list, read_classes
+from dtgnet.data.sampling import clip_indices, tsn_indices
+from dtgnet.data.transforms import to_tensor, train_transform
+from dtgnet.errors import TooManyBadItems
+
+
+def test_tsn_indices_one_per_segment():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        idx = tsn_indices(40, 4, rng)
+        assert all(10 * s <= i < 10 * (s + 1) for s, i in enumerate(idx))
+    assert tsn_indices(40, 4).tolist() == [5, 15, 25, 35]
+    assert tsn_indices(3, 8).max() <= 2  # short video: indices stay valid
+
+
+def test_clip_indices_stride_and_eval_clips():
+    rng = np.random.default_rng(0)
+    idx = clip_indices(100, 8, 2, rng)
+    assert np.all(np.diff(idx) == 2) and idx[-1] < 100
+    starts = [clip_indices(100, 8, 2, None, c, 3)[0] for c in range(3)]
+    assert starts == sorted(starts) and len(set(starts)) == 3
+    assert clip_indices(5, 8, 2, rng).tolist() == [0, 2, 4, 4, 4, 4, 4, 4]
+
+
+def test_augmentation_is_consistent_within_a_sequence():
+    frame = torch.randint(0, 255, (3, 40, 40), dtype=torch.uint8)
+    seq = frame.expand(6, -1, -1, -1).clone()  # 6 identical frames
+    tf = train_transform(24, flip=True, strong=True)
+    torch.manual_seed(0)
+    views = [tf(seq) for _ in range(4)]
+    for v in views:
+        assert v.shape == (6, 3, 24, 24)
+        assert torch.equal(v, v[:1].expand_as(v))  # same crop, flip and colour on every frame
+    assert any(not torch.equal(views[0], v) for v in views[1:])  # but views differ
+
+
+def test_pair_dataset_items(video_dir, tmp_path):
+    videos = parse_list(tmp_path / "good.txt", video_dir, read_classes(tmp_path / "classes.txt"))
+    ds = VideoDataset(videos, "pair", frames=3, size=16, seed=1)
+    item = ds[0]
+    assert item["a"].shape == item["b"].shape == (3, 3, 16, 16)
+    assert item["a"].dtype == torch.float32 and 0 <= item["a"].min() and item["a"].max() <= 1
+    assert item["bad"] == "" and item["label"] == 0
+    again = VideoDataset(videos, "pair", frames=3, size=16, seed=1)[0]
+    assert torch.equal(item["a"], again["a"])  # reproducible from the seed
+    ev = VideoDataset(videos, "eval", frames=3, size=16, clips=2)[1]
+    assert ev["clips"].shape == (2, 3, 3, 16, 16)
+
+
+def test_bad_items_are_replaced_and_reported(video_dir, tmp_path):
+    videos = parse_list(tmp_path / "all.txt", video_dir, read_classes(tmp_path / "classes.txt"))
+    ds = VideoDataset(videos, "single", frames=3, size=16)
+    seen_bad = set()
+    for i in range(len(ds)):
+        item = ds[i]
+        assert item["a"].abs().sum() > 0  # never a zero tensor
+        for line in filter(None, item["bad"].split("\n")):
+            seen_bad.add(line.split("\t")[0].rsplit("/", 1)[1])
+    assert {"empty.mp4", "truncated.mp4", "garbage.mp4", "missing.mp4"} <= seen_bad
+
+
+def test_all_bad_raises(video_dir, tmp_path):
+    lst = tmp_path / "allbad.txt"
+    lst.write_text("bad/empty.mp4 0\nbad/garbage.mp4 0\n")
+    ds = VideoDataset(parse_list(lst, video_dir, ["walk"]), "single", frames=2, size=16)
+    with pytest.raises(TooManyBadItems):
+        ds[0]
+
+
+def test_stratified_subset():
+    labels = np.repeat(np.arange(5), 20)
+    idx = stratified_subset(labels, 0.1, seed=0)
+    assert np.bincount(labels[idx]).tolist() == [2] * 5
+    assert np.array_equal(idx, stratified_subset(labels, 0.1, seed=0))
+    assert len(stratified_subset(labels, 0.01, seed=0)) == 5  # at least one per class

@@ -1,0 +1,34 @@
+import subprocess
+import sys
+
+import pytest
+
+from dtgnet.cli import build_parser, main
+
+COMMANDS = [[], ["data"], ["data", "synth"], ["data", "scan"], ["teacher"], ["teacher", "train"], ["pretrain"],
+            ["finetune"], ["joint"], ["eval"], ["demo"], ["config"]]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(cmd + ["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert "usage: dtgnet" in text and len(text) > 150
+
+
+def test_console_script_entry_point():
+    out = subprocess.run([sys.executable, "-m", "dtgnet", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "pretrain" in out.stdout
+
+
+def test_config_listing(capsys):
+    assert main(["config"]) == 0
+    text = capsys.readouterr().out
+    assert "loss.weighting = 'fixed'" in text and "teachers.N.source" in text
+
+
+def test_teacher_train_bad_input(tmp_path, capsys):
+    assert main(["teacher", "train", str(tmp_path / "none"), "--out", str(tmp_path / "t.safetensors")]) == 2
+    assert "none" in capsys.readouterr().err

@@ -1,0 +1,23 @@
+"""The quick demo end to end, as `make demo` runs the full one (about 3 minutes on 2 CPU cores)."""
+import json
+import subprocess
+import sys
+
+
+def test_quick_demo(tmp_path):
+    out = tmp_path / "demo"
+    run = subprocess.run([sys.executable, "-m", "dtgnet", "demo", "--quick", "--out", str(out)],
+                         capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    for name in ("scratch", "ssl", "dtg", "single_frame"):
+        assert 0.0 <= results[name]["top1"] <= 1.0
+    assert set(results["teacher_weights"]) == {"imagenet", "action"}
+    assert "retrieval_R@1" in results["dtg"] and "knn_top1" in results["ssl"]
+    report = (out / "report.md").read_text()
+    assert "DTG pre-train" in report and "single frame" in report
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64") >= 5
+    for plot in ("loss_curves", "teacher_weights", "accuracy", "confusion", "embedding"):
+        assert (out / "plots" / f"{plot}.png").stat().st_size > 1000
+    assert run.returncode == 0 and "demo done" in run.stdout

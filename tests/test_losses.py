@@ -1,0 +1,74 @@
+import math
+
+import pytest
+import torch
+
+from dtgnet.losses import dtg_loss, info_nce, margin_contrastive, pair_term
+
+
+def naive_info_nce(q, k, tau, extra=None):
+    keys = list(k) + (list(extra) if extra is not None else [])
+    total = 0.0
+    for i in range(len(q)):
+        qi = q[i] / q[i].norm()
+        sims = [float(qi @ (kj / kj.norm())) / tau for kj in keys]
+        total += -(sims[i] - math.log(sum(math.exp(s) for s in sims)))
+    return total / len(q)
+
+
+def naive_margin(q, k, m):
+    b = len(q)
+    qn = [x / x.norm() for x in q]
+    kn = [x / x.norm() for x in k]
+    pos = sum(float((qn[i] - kn[i]).norm()) ** 2 for i in range(b)) / b
+    neg = [max(0.0, m - float((qn[i] - kn[j]).norm())) ** 2 for i in range(b) for j in range(b) if i != j]
+    return pos + sum(neg) / len(neg)
+
+
+@pytest.mark.parametrize("tau", [0.07, 0.5])
+def test_info_nce_matches_loop(tau):
+    g = torch.Generator().manual_seed(0)
+    q, k, extra = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g), torch.randn(4, 5, generator=g)
+    assert info_nce(q, k, tau).item() == pytest.approx(naive_info_nce(q, k, tau), rel=1e-5)
+    assert info_nce(q, k, tau, extra).item() == pytest.approx(naive_info_nce(q, k, tau, extra), rel=1e-5)
+
+
+@pytest.mark.parametrize("margin", [0.5, 1.0, 1.9])
+def test_margin_contrastive_matches_loop(margin):
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(5, 7, generator=g), torch.randn(5, 7, generator=g)
+    assert margin_contrastive(q, k, margin).item() == pytest.approx(naive_margin(q, k, margin), rel=1e-5)
+
+
+def test_losses_prefer_matching_pairs():
+    x = torch.randn(8, 16)
+    assert info_nce(x, x, 0.1) < info_nce(x, x.roll(1, 0), 0.1)
+    assert margin_contrastive(x, x, 1.0) < margin_contrastive(x, x.roll(1, 0), 1.0)
+    assert torch.isfinite(torch.autograd.grad(margin_contrastive(x.requires_grad_(), x.detach(), 1.0), x)[0]).all()
+
+
+def test_dtg_loss_is_weighted_sum_of_symmetric_cross_view_terms():
+    g = torch.Generator().manual_seed(2)
+    b, d = 4, 8
+    s_a, s_b = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)
+    u_a = [torch.randn(b, d, generator=g) for _ in range(2)]
+    u_b = [torch.randn(b, d, generator=g) for _ in range(2)]
+    t_a = [torch.randn(b, d, generator=g) for _ in range(2)]
+    t_b = [torch.randn(b, d, generator=g) for _ in range(2)]
+    w = torch.tensor([0.3, 2.0])
+    res = dtg_loss(s_a, s_b, u_a, u_b, t_a, t_b, w, self_weight=0.5, tau=0.2)
+    l0 = 0.5 * (naive_info_nce(s_a, s_b, 0.2) + naive_info_nce(s_b, s_a, 0.2))
+    lk = [0.5 * (naive_info_nce(u_a[k], t_b[k], 0.2) + naive_info_nce(u_b[k], t_a[k], 0.2)) for k in range(2)]
+    assert res.self_term.item() == pytest.approx(l0, rel=1e-5)
+    assert [t.item() for t in res.teacher_terms] == pytest.approx(lk, rel=1e-5)
+    assert res.total.item() == pytest.approx(0.5 * l0 + 0.3 * lk[0] + 2.0 * lk[1], rel=1e-5)
+    m = dtg_loss(None, None, u_a, u_b, t_a, t_b, w, 0.0, form="margin", margin=1.0)
+    assert m.total.item() == pytest.approx(sum(
+        w[k].item() * 0.5 * (naive_margin(u_a[k], t_b[k], 1.0) + naive_margin(u_b[k], t_a[k], 1.0))
+        for k in range(2)), rel=1e-5)
+
+
+def test_pair_term_rejects_unknown_form():
+    x = torch.randn(3, 4)
+    with pytest.raises(ValueError):
+        pair_term(x, x, x, x, "cosine", 0.1, 1.0)

@@ -1,0 +1,140 @@
+import json
+
+import pytest
+import torch
+
+from dtgnet.cli import main
+from dtgnet.config import TeacherConfig, load_config
+from dtgnet.errors import TooManyBadItems
+from dtgnet.runlog import RunDir, RunDirError, read_log
+from dtgnet.students import load_student
+from dtgnet.training import Trainer, train
+
+
+def tiny_overrides(root, out, **extra):
+    base = {"data.root": root, "data.train_list": f"{root}/train.txt", "data.val_list": f"{root}/val.txt",
+            "data.test_list": f"{root}/test.txt", "data.classes": f"{root}/classes.txt", "data.frames": 2,
+            "data.size": 32, "data.flip": False, "data.eval_clips": 2, "optim.batch_size": 4, "optim.epochs": 1,
+            "optim.max_steps": 2, "run.out": out, "run.log_every": 1, "student.proj_hidden": 32,
+            "student.proj_dim": 16, "teachers.0.input_size": 32, "student.temporal_shift": True}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def tiny_cfg(root, out, **extra):
+    return load_config(None, tiny_overrides(root, out, **extra))
+
+
+def test_pretrain_logs_checkpoints_and_metrics(tiny_synth, tmp_path):
+    out = tmp_path / "pre"
+    metrics = train(tiny_cfg(tiny_synth, out, **{"loss.weighting": "adaptive"}), "pretrain", progress=False)
+    assert metrics["steps"] == 2
+    for name in ("config.yaml", "log.jsonl", "metrics.json", "student.safetensors", "checkpoints/last.pt"):
+        assert (out / name).exists(), name
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    logs = [r for r in read_log(out / "log.jsonl") if "loss" in r]
+    for key in ("loss", "lr", "clips_per_s", "data_wait_frac", "self", "teacher/imagenet", "weights"):
+        assert key in logs[-1], key
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved["teacher_weights"]) == {"imagenet"} and saved["teacher_weight_history"]
+
+
+def test_gradients_reach_student_not_teachers(tiny_synth, tmp_path):
+    cfg = tiny_cfg(tiny_synth, tmp_path / "g", **{"loss.weighting": "learned"})
+    tr = Trainer(cfg, "pretrain", progress=False)
+    try:
+        raw = next(iter(tr._loader(0)))
+        before = {k: v.clone() for k, v in tr.teachers[0].state_dict().items()}
+        out = tr.train_step(tr._to_batch(raw))
+        assert torch.isfinite(out["loss"])
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.model.backbone.parameters()
+                   if p.requires_grad and p.ndim > 1)
+        assert all(p.grad is None for p in tr.teachers[0].parameters())
+        assert all(torch.equal(v, tr.teachers[0].state_dict()[k]) for k, v in before.items())
+        assert tr.weighting.log_vars.grad is not None  # learned weights are trained too
+    finally:
+        tr.logger.close()
+        tr.run_dir.close()
+
+
+def test_finetune_from_pretrained_and_joint(tiny_synth, tmp_path):
+    train(tiny_cfg(tiny_synth, tmp_path / "pre", **{"teachers.0.weight": 0.5}), "pretrain", progress=False)
+    ft = train(tiny_cfg(tiny_synth, tmp_path / "ft", **{"data.label_fraction": 0.5}), "finetune",
+               init=str(tmp_path / "pre" / "student.safetensors"), progress=False)
+    assert ft["videos"] == 12  # half of the 24 labelled training videos, stratified
+    pre = load_student(tmp_path / "pre" / "student.safetensors")
+    fine_ckpt = torch.load(tmp_path / "ft" / "checkpoints" / "last.pt", weights_only=True)
+    assert fine_ckpt["meta"]["num_classes"] == 4 and pre.classifier is None
+    joint = train(tiny_cfg(tiny_synth, tmp_path / "joint", **{"loss.form": "margin"}), "joint", progress=False)
+    logs = [r for r in read_log(tmp_path / "joint" / "log.jsonl") if "loss" in r]
+    assert "ce" in logs[-1] and "dtg" in logs[-1] and joint["steps"] == 2
+
+
+def test_ssl_without_teachers_and_queue(tiny_synth, tmp_path):
+    cfg = tiny_cfg(tiny_synth, tmp_path / "ssl")
+    cfg.teachers = []
+    assert train(cfg, "pretrain", progress=False)["teacher_weights"] == {}
+    cfg = tiny_cfg(tiny_synth, tmp_path / "q", **{"loss.queue_size": 6, "optim.max_steps": 3})
+    train(cfg, "pretrain", progress=False)
+    ckpt = torch.load(tmp_path / "q" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["queues"][0].shape == (6, 1280)
+
+
+def test_resume_continues_and_run_dir_rules(tiny_synth, tmp_path):
+    out = tmp_path / "r"
+    cfg = tiny_cfg(tiny_synth, out, **{"optim.max_steps": 4, "run.checkpoint_every": 2})
+    cfg.teachers = []
+    train(cfg, "pretrain", progress=False)
+    with pytest.raises(RunDirError, match="--resume"):
+        Trainer(cfg, "pretrain", progress=False)
+    cfg.optim.max_steps = 6
+    with pytest.raises(Exception, match="config differs"):
+        Trainer(cfg, "pretrain", resume=True, progress=False)
+    lock = RunDir(out, resume=True)
+    with pytest.raises(RunDirError, match="another run"):
+        RunDir(out, resume=True)
+    lock.close()
+
+
+def test_bad_items_counted_and_run_stops(tiny_synth, tmp_path):
+    root = tmp_path / "data"
+    import shutil
+
+    shutil.copytree(tiny_synth, root)
+    lines = (root / "train.txt").read_text().splitlines()
+    for i, line in enumerate(lines[:4]):  # salt 4 of 24 files
+        path = root / line.split()[0]
+        path.write_bytes(b"" if i % 2 else path.read_bytes()[:300])
+    cfg = tiny_cfg(root, tmp_path / "ok", **{"data.max_bad_fraction": 0.5, "optim.max_steps": 6})
+    cfg.teachers = []
+    metrics = train(cfg, "pretrain", progress=False)
+    assert 1 <= len(metrics["bad_items"]) and all(b["reason"] for b in metrics["bad_items"])
+    events = [r for r in read_log(tmp_path / "ok" / "log.jsonl") if r.get("event") == "bad_item"]
+    assert events and events[0]["path"].endswith(".mp4")
+    cfg = tiny_cfg(root, tmp_path / "stop", **{"data.max_bad_fraction": 0.01, "optim.max_steps": 6})
+    cfg.teachers = []
+    with pytest.raises(TooManyBadItems, match="max_bad_fraction"):
+        train(cfg, "pretrain", progress=False)
+    assert (tmp_path / "stop" / "checkpoints" / "last.pt").exists()  # progress kept
+
+
+def test_cli_modes(tiny_synth, tmp_path, capsys):
+    ov = tiny_overrides(tiny_synth, tmp_path / "cli")
+    assert main(["pretrain", *ov, "--no-progress"]) == 0
+    assert main(["pretrain", *ov, "--no-progress"]) == 2  # exists
+    assert "--resume" in capsys.readouterr().err
+    ov_ft = tiny_overrides(tiny_synth, tmp_path / "cli_ft")
+    assert main(["finetune", *ov_ft, "--init", str(tmp_path / "cli" / "checkpoints" / "last.pt"),
+                 "--no-progress"]) == 0
+    assert main(["finetune", *ov_ft, "--init", str(tmp_path / "none.pt"), "--force"]) == 2
+    assert main(["eval", "--checkpoint", str(tmp_path / "cli_ft" / "student.safetensors"),
+                 "--protocol", "finetune", "--json", str(tmp_path / "e.json")]) == 0
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert 0 <= res["mean"]["video_top1"] <= 1 and "clip_top1" in res["mean"]
+    for protocol in ("knn", "retrieval", "linear"):
+        assert main(["eval", "--checkpoint", str(tmp_path / "cli" / "student.safetensors"),
+                     "--protocol", protocol]) == 0
+    assert main(["eval", "--checkpoint", str(tmp_path / "cli" / "student.safetensors"),
+                 "--protocol", "finetune"]) == 2  # a pre-trained student has no classifier
+    assert main(["eval", "--checkpoint", str(tmp_path / "cli" / "student.safetensors"),
+                 "--protocol", "knn", "--split", "all"]) == 2  # list format has no official splits
