@@ -152,6 +152,10 @@ class RunConfig:
     """auto (cuda when available), cpu or cuda."""
     amp: bool = True
     """bf16 autocast on GPU (ignored on CPU)."""
+    teacher_cache: bool = False
+    """Embed every frame of the training videos once per teacher and look the embeddings up during training
+    instead of running the teachers on every view (much faster; teachers then see clean, un-augmented
+    frames)."""
     compile: bool = False
     """Wrap the student in torch.compile."""
     log_every: int = 10

@@ -41,8 +41,8 @@ class DemoPlan:
 
 PLANS = {
     "quick": DemoPlan("quick", frames=4, size=48, batch_size=16, pretrain_epochs=6, finetune_epochs=40,
-                      single_frame_epochs=6, teacher_input=64),
-    "full": DemoPlan("default", frames=6, size=56, batch_size=24, pretrain_epochs=16, finetune_epochs=60,
+                      single_frame_epochs=6, teacher_input=96),
+    "full": DemoPlan("default", frames=4, size=48, batch_size=24, pretrain_epochs=16, finetune_epochs=60,
                      single_frame_epochs=8, teacher_input=96),
 }
 
@@ -58,6 +58,7 @@ def base_config(data_dir: Path, plan: DemoPlan, seed: int) -> Config:
     cfg.student.arch, cfg.student.temporal_shift = "tsn_r18", True  # order matters in SynthActions
     cfg.optim.batch_size = plan.batch_size
     cfg.run.seed, cfg.run.log_every = seed, 5
+    cfg.run.teacher_cache = True  # teachers embed each training frame once instead of every view
     return cfg
 
 

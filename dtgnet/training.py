@@ -26,6 +26,7 @@ from .errors import CheckpointError, DataError, DtgError, TooManyBadItems
 from .losses import dtg_loss
 from .runlog import Logger, RunDir
 from .students import DTGStudent, build_student, save_student_safetensors
+from .teacher_cache import build_cache
 from .teachers import Teacher, build_teacher
 from .weighting import build_weighting
 
@@ -88,6 +89,9 @@ class Batch:
     a: torch.Tensor
     b: torch.Tensor | None
     label: torch.Tensor
+    index: torch.Tensor
+    frames_a: torch.Tensor
+    frames_b: torch.Tensor | None
 
 
 class Trainer:
@@ -138,6 +142,9 @@ class Trainer:
         if len(self.dataset) < cfg.optim.batch_size:
             raise DataError(f"{self.videos.source}: {len(self.dataset)} usable videos, fewer than "
                             f"optim.batch_size={cfg.optim.batch_size}")
+        self.caches = None
+        if cfg.run.teacher_cache and self.teachers:
+            self.caches = [build_cache(t, self.dataset, self.device, progress=self.progress) for t in self.teachers]
         self.weighting = build_weighting(cfg.loss, [t.weight for t in cfg.teachers] if self.teachers else []
                                          ).to(self.device)
         self.queues = [torch.zeros(0, t.embed_dim, device=self.device) for t in self.teachers]
@@ -226,8 +233,12 @@ class Trainer:
                 out["ce"] = F.cross_entropy(self.model.classifier(f_a).float(), batch.label)
                 loss = loss + out["ce"]
             if f_b is not None:
-                t_a = [t(batch.a) for t in self.teachers]  # K x (B, D_k), no grad
-                t_b = [t(batch.b) for t in self.teachers]
+                if self.caches:
+                    t_a = [c.lookup(batch.index, batch.frames_a).to(self.device) for c in self.caches]
+                    t_b = [c.lookup(batch.index, batch.frames_b).to(self.device) for c in self.caches]
+                else:
+                    t_a = [t(batch.a) for t in self.teachers]  # K x (B, D_k), no grad
+                    t_b = [t(batch.b) for t in self.teachers]
                 self.weighting.update(t_a, t_b)
                 heads = [self.model.teacher_heads[t.name] for t in self.teachers]
                 sh = self.model.self_head
@@ -263,7 +274,8 @@ class Trainer:
         nb = self.device.type == "cuda"
         a = raw["a"].to(self.device, non_blocking=nb)
         b = raw["b"].to(self.device, non_blocking=nb) if "b" in raw else None
-        return Batch(a, b, raw["label"].to(self.device, non_blocking=nb))
+        return Batch(a, b, raw["label"].to(self.device, non_blocking=nb), raw["index"], raw["frames_a"],
+                     raw.get("frames_b"))
 
     def _count_bad(self, raw: dict) -> None:
         self.items_seen += len(raw["index"])

@@ -138,3 +138,25 @@ def test_cli_modes(tiny_synth, tmp_path, capsys):
                  "--protocol", "finetune"]) == 2  # a pre-trained student has no classifier
     assert main(["eval", "--checkpoint", str(tmp_path / "cli" / "student.safetensors"),
                  "--protocol", "knn", "--split", "all"]) == 2  # list format has no official splits
+
+
+def test_teacher_cache_matches_online_teacher_on_clean_frames(tiny_synth, tmp_path):
+    from dtgnet.data.transforms import eval_transform, to_tensor
+    from dtgnet.teacher_cache import build_cache
+
+    cfg = tiny_cfg(tiny_synth, tmp_path / "c", **{"run.teacher_cache": True})
+    tr = Trainer(cfg, "pretrain", progress=False)
+    try:
+        cache = tr.caches[0]
+        ds = tr.dataset
+        path = ds.videos.full_path(ds.entries[3])
+        frames = torch.tensor([[1, 5]])
+        clean = eval_transform(32)(to_tensor(ds.reader.read(path, [1, 5])))[None]  # (1, 2, 3, 32, 32)
+        online = tr.teachers[0](clean)
+        torch.testing.assert_close(cache.lookup(torch.tensor([3]), frames), online, atol=2e-2, rtol=2e-2)
+        out = tr.train_step(tr._to_batch(next(iter(tr._loader(0)))))
+        assert torch.isfinite(out["loss"]) and "teacher/imagenet" in out
+        assert build_cache(tr.teachers[0], ds, "cpu", progress=False).per_video[0].dtype == torch.float16
+    finally:
+        tr.logger.close()
+        tr.run_dir.close()

@@ -25,8 +25,9 @@ class VideoDataset(Dataset):
     """``mode``: 'pair' (two random views: a, b), 'single' (one random view), 'eval' (``clips`` fixed clips).
 
     Items are dicts: ``a``/``b`` or ``clips`` float tensors in [0, 1] shaped ``(T, 3, S, S)`` /
-    ``(clips, T, 3, S, S)``, ``label``, ``index`` (of the video actually used) and ``bad`` ('' or
-    'path<TAB>reason' lines for the videos that failed before it).
+    ``(clips, T, 3, S, S)``, ``frames_a``/``frames_b`` (the ``(T,)`` frame indices of each view), ``label``,
+    ``index`` (of the video actually used) and ``bad`` ('' or 'path<TAB>reason' lines for the videos that
+    failed before it).
     """
 
     def __init__(self, videos: VideoList, mode: str, frames: int, size: int, temporal: str = "segments",
@@ -79,9 +80,9 @@ class VideoDataset(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(0, 2**62)))
             seqs = [self.train_tf(frames[v * self.frames:(v + 1) * self.frames]) for v in range(views)]
-        item = {"a": seqs[0], "label": entry.label, "index": index}
+        item = {"a": seqs[0], "label": entry.label, "index": index, "frames_a": torch.from_numpy(idx[0])}
         if views == 2:
-            item["b"] = seqs[1]
+            item["b"], item["frames_b"] = seqs[1], torch.from_numpy(idx[1])
         return item
 
     def __getitem__(self, index: int) -> dict:
