@@ -146,6 +146,8 @@ def _cmd_train(args) -> int:
         raise DtgError(f"--init: file not found: {init}")
     metrics = train(cfg, args.command, init=init, resume=args.resume, force=args.force,
                     progress=not args.no_progress)
+    if "final_loss" not in metrics:  # a non-zero rank of a torchrun job: rank 0 reports
+        return 0
     print(f"{args.command}: {metrics['steps']} steps, final loss {metrics['final_loss']}, "
           f"{len(metrics['bad_items'])} bad items -> {cfg.run.out}")
     return 0

@@ -92,6 +92,9 @@ class StudentConfig:
     temporal_shift: bool = False
     """tsn_r18 only: insert temporal shift modules (TSM). Average consensus alone is blind to the order of
     frames; turn this on when classes differ by the direction of time (SynthActions does)."""
+    freeze_bn: bool = False
+    """BatchNorm layers normalise with their running statistics and never update them (TSN's partial BN).
+    For tiny per-GPU batches, and for multi-process runs on CPU, where SyncBatchNorm is unavailable."""
     proj_dim: int = 128
     """Output dimension of every projection head."""
     proj_hidden: int = 512

@@ -101,14 +101,22 @@ class DTGStudent(nn.Module):
 
     def __init__(self, arch: str, frames: int, teacher_dims: dict[str, int], proj_dim: int = 128,
                  proj_hidden: int = 512, num_classes: int = 0, dropout: float = 0.0,
-                 temporal_shift: bool = False, self_head: bool = True):
+                 temporal_shift: bool = False, self_head: bool = True, freeze_bn: bool = False):
         super().__init__()
-        self.arch, self.frames = arch, frames
+        self.arch, self.frames, self.freeze_bn = arch, frames, freeze_bn
         self.backbone = TSNResNet18(frames, temporal_shift) if arch == "tsn_r18" else Video3D(arch)
         d = self.backbone.feature_dim
         self.self_head = projection_head(d, proj_hidden, proj_dim) if self_head else None
         self.teacher_heads = nn.ModuleDict({n: projection_head(d, proj_hidden, dim) for n, dim in teacher_dims.items()})
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, num_classes)) if num_classes else None
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and self.freeze_bn:  # normalise with running statistics, never update them
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     @property
     def temporal(self) -> str:
@@ -127,7 +135,7 @@ class DTGStudent(nn.Module):
 def build_student(cfg, teacher_dims: dict[str, int], num_classes: int = 0, self_head: bool = True) -> DTGStudent:
     s = cfg.student
     return DTGStudent(s.arch, cfg.data.frames, teacher_dims, s.proj_dim, s.proj_hidden, num_classes, s.dropout,
-                      s.temporal_shift, self_head)
+                      s.temporal_shift, self_head, s.freeze_bn)
 
 
 def save_student_safetensors(model: DTGStudent, path, meta: dict) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -37,13 +38,56 @@ class NonFiniteLoss(DtgError):
     pass
 
 
-def pick_device(name: str) -> torch.device:
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed() -> Dist:
+    """Join the process group that torchrun describes in the environment (WORLD_SIZE, RANK, MASTER_ADDR...);
+    a plain single-process run has no such variables."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def gather(x: torch.Tensor, dist_info: Dist, with_grad: bool) -> torch.Tensor:
+    """Concatenate every rank's ``(B, D)`` into the global ``(world * B, D)``; with ``with_grad`` the gradient
+    flows back to each rank's own rows."""
+    if dist_info.world == 1:
+        return x
+    import torch.distributed as dist
+
+    if with_grad:
+        import torch.distributed.nn.functional as dist_fn
+
+        return torch.cat(dist_fn.all_gather(x))
+    parts = [torch.empty_like(x) for _ in range(dist_info.world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+def pick_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         from .errors import ConfigError
 
         raise ConfigError("run.device", "cuda requested but no GPU is available")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
     return torch.device(name)
 
 
@@ -54,10 +98,13 @@ def seed_everything(seed: int) -> None:
 
 
 class ResumableSampler(Sampler):
-    """A seeded permutation per epoch, sharded over ranks, that can start part-way through an epoch."""
+    """A seeded permutation per epoch, cut into global batches; rank r takes the r-th slice of every global
+    batch, so the ranks' local batches concatenated in rank order are exactly the single-process batch. It
+    can start part-way through an epoch (``start`` local items in)."""
 
-    def __init__(self, n: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, seed: int, global_batch: int, rank: int = 0, world: int = 1):
         self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.global_batch, self.local_batch = global_batch, global_batch // world
         self.epoch, self.start = 0, 0
 
     def set_position(self, epoch: int, start: int = 0) -> None:
@@ -65,15 +112,15 @@ class ResumableSampler(Sampler):
 
     def _order(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g).tolist()
-        per_rank = self.n // self.world
-        return perm[self.rank * per_rank:(self.rank + 1) * per_rank]
+        perm = torch.randperm(self.n, generator=g)
+        batches = perm[: self.n // self.global_batch * self.global_batch].view(-1, self.world, self.local_batch)
+        return batches[:, self.rank].flatten().tolist()  # (steps * local_batch,)
 
     def __iter__(self):
         return iter(self._order()[self.start:])
 
     def __len__(self) -> int:
-        return self.n // self.world - self.start
+        return self.n // self.global_batch * self.local_batch - self.start
 
 
 def cosine_lr(step: int, total: int, warmup: int) -> float:
@@ -94,28 +141,87 @@ class Batch:
     frames_b: torch.Tensor | None
 
 
+class StepModule(torch.nn.Module):
+    """Everything trainable (student, heads, classifier, learned teacher weights) behind one forward, so a
+    DistributedDataParallel wrapper synchronises all of it."""
+
+    def __init__(self, student: DTGStudent, weighting: torch.nn.Module, teacher_names: list[str]):
+        super().__init__()
+        self.student, self.weighting, self.teacher_names = student, weighting, teacher_names
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor | None) -> dict:
+        s = self.student
+        if b is None:
+            f_a, f_b = s(a), None
+        else:
+            f_a, f_b = s(torch.cat([a, b])).chunk(2)  # both views in one pass: (B, D) each
+        out = {"weights": self.weighting.weights(), "reg": self.weighting.regulariser()}
+        if s.classifier is not None:
+            out["logits"] = s.classifier(f_a)
+        if f_b is not None:
+            if s.self_head is not None:
+                out["self_a"], out["self_b"] = s.self_head(f_a), s.self_head(f_b)
+            out["heads_a"] = [s.teacher_heads[n](f_a) for n in self.teacher_names]
+            out["heads_b"] = [s.teacher_heads[n](f_b) for n in self.teacher_names]
+        return out
+
+
 class Trainer:
     def __init__(self, cfg: Config, mode: str, init: str | None = None, resume: bool = False,
                  force: bool = False, progress: bool = True):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
-        self.cfg, self.mode, self.progress = cfg, mode, progress
-        self.device = pick_device(cfg.run.device)
+        self.cfg, self.mode = cfg, mode
+        self.dist = init_distributed()
+        self.progress = progress and self.dist.main
+        if cfg.optim.batch_size % self.dist.world:
+            from .errors import ConfigError
+
+            raise ConfigError("optim.batch_size", f"{cfg.optim.batch_size} is not divisible by the "
+                                                  f"{self.dist.world} processes")
+        self.device = pick_device(cfg.run.device, self.dist.local_rank)
         if cfg.run.threads:
             torch.set_num_threads(cfg.run.threads)
-        self.run_dir = RunDir(cfg.run.out, resume=resume, force=force)
-        self.out = self.run_dir.path
+        self.out = Path(cfg.run.out)
+        self.run_dir = None
+        failure = None
+        if self.dist.main:  # only rank 0 writes the run directory
+            try:
+                self.run_dir = RunDir(cfg.run.out, resume=resume, force=force)
+            except DtgError as e:
+                failure = e
+        self._agree(failure)
         try:
             self._setup(init, resume)
         except BaseException:
-            self.run_dir.close()
+            self._close()
             raise
+
+    def _agree(self, failure: DtgError | None) -> None:
+        """Every rank stops with rank 0's error instead of waiting for it forever."""
+        message = str(failure) if failure else ""
+        if self.dist.world > 1:
+            import torch.distributed as dist
+
+            box = [message]
+            dist.broadcast_object_list(box, src=0)
+            message = box[0]
+        if failure:
+            raise failure
+        if message:
+            raise DtgError(message)
+
+    def _close(self) -> None:
+        if getattr(self, "logger", None) is not None:
+            self.logger.close()
+        if self.run_dir is not None:
+            self.run_dir.close()
 
     # ------------------------------------------------------------------------------------------ set-up
     def _setup(self, init, resume):
         cfg = self.cfg
         seed_everything(cfg.run.seed)
-        if not resume:
+        if not resume and self.dist.main:
             save_config(cfg, self.out / "config.yaml")
         self.videos: VideoList = load_split(cfg.data, "train")
         self.uses_labels = self.mode in ("finetune", "joint")
@@ -152,7 +258,9 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
         if init:
             self._load_init(init)
-        self.sampler = ResumableSampler(len(self.dataset), cfg.run.seed)
+        self.sampler = ResumableSampler(len(self.dataset), cfg.run.seed, cfg.optim.batch_size, self.dist.rank,
+                                        self.dist.world)
+        self.local_batch = self.sampler.local_batch
         self.steps_per_epoch = len(self.dataset) // cfg.optim.batch_size
         total = cfg.optim.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.optim.max_steps) if cfg.optim.max_steps else total
@@ -166,12 +274,20 @@ class Trainer:
             lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=fused)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: cosine_lr(s, self.total_steps, cfg.optim.warmup_steps))
-        self.forward_model = torch.compile(self.model) if cfg.run.compile else self.model
+        self.step_module = StepModule(self.model, self.weighting, [t.name for t in self.teachers])
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            if self.device.type == "cuda":
+                self.step_module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.step_module)
+            self.step_module = DistributedDataParallel(
+                self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.forward_model = torch.compile(self.step_module) if cfg.run.compile else self.step_module
         self.step, self.epoch, self.bad_items, self.items_seen = 0, 0, list(self.list_bad), 0
         self.weight_history: list[list[float]] = []
         if resume:
             self._resume()
-        self.logger = Logger(self.out)
+        self.logger = Logger(self.out, enabled=self.dist.main)
 
     def _load_init(self, path):
         ckpt = load_checkpoint(path)
@@ -197,10 +313,11 @@ class Trainer:
                  "config_hash": config_hash(to_dict(self.cfg)), "meta": self._meta(),
                  "bad_items": self.bad_items, "items_seen": self.items_seen,
                  "weight_history": self.weight_history}
-        save_rotating(state, self.run_dir.ckpt_dir, self.step, self.cfg.run.keep_checkpoints)
+        if self.dist.main:
+            save_rotating(state, self.out / "checkpoints", self.step, self.cfg.run.keep_checkpoints)
 
     def _resume(self) -> None:
-        ckpt = load_checkpoint(self.run_dir.ckpt_dir / "last.pt")
+        ckpt = load_checkpoint(self.out / "checkpoints" / "last.pt")
         if ckpt.get("config_hash") != config_hash(to_dict(self.cfg)):
             raise CheckpointError(f"{self.out}: the config differs from the one the run started with; "
                                   f"resume with the run's own config.yaml")
@@ -219,54 +336,53 @@ class Trainer:
         enabled = self.cfg.run.amp and self.device.type == "cuda"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
+    def _teacher_embeddings(self, batch: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per teacher, ``(B_global, D_k)`` embeddings of views a and b (cached or computed; no gradient)."""
+        if self.caches:
+            t_a = [c.lookup(batch.index, batch.frames_a).to(self.device) for c in self.caches]
+            t_b = [c.lookup(batch.index, batch.frames_b).to(self.device) for c in self.caches]
+        else:
+            t_a = [t(batch.a) for t in self.teachers]
+            t_b = [t(batch.b) for t in self.teachers]
+        return [gather(t, self.dist, False) for t in t_a], [gather(t, self.dist, False) for t in t_b]
+
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
-        cfg, model = self.cfg, self.forward_model
-        out: dict[str, torch.Tensor] = {}
+        cfg, pair = self.cfg, batch.b is not None
+        g = lambda x: gather(x.float(), self.dist, with_grad=True)  # noqa: E731  every rank sees the global batch
         with self._autocast():
-            if batch.b is not None:
-                feats = model(torch.cat([batch.a, batch.b]))  # (2B, D): both views in one pass
-                f_a, f_b = feats.chunk(2)
-            else:
-                f_a, f_b = model(batch.a), None
-            loss = f_a.new_zeros((), dtype=torch.float32)
-            if self.uses_labels:
-                out["ce"] = F.cross_entropy(self.model.classifier(f_a).float(), batch.label)
-                loss = loss + out["ce"]
-            if f_b is not None:
-                if self.caches:
-                    t_a = [c.lookup(batch.index, batch.frames_a).to(self.device) for c in self.caches]
-                    t_b = [c.lookup(batch.index, batch.frames_b).to(self.device) for c in self.caches]
-                else:
-                    t_a = [t(batch.a) for t in self.teachers]  # K x (B, D_k), no grad
-                    t_b = [t(batch.b) for t in self.teachers]
+            t_a, t_b = self._teacher_embeddings(batch) if pair else ([], [])
+            if t_a:
                 self.weighting.update(t_a, t_b)
-                heads = [self.model.teacher_heads[t.name] for t in self.teachers]
-                sh = self.model.self_head
-                res = dtg_loss(sh(f_a).float() if sh else None, sh(f_b).float() if sh else None,
-                               [h(f_a).float() for h in heads], [h(f_b).float() for h in heads], t_a, t_b,
-                               self.weighting.weights(), cfg.loss.self_weight, cfg.loss.form, cfg.loss.tau,
-                               cfg.loss.margin, self.queues if cfg.loss.queue_size else None)
-                dtg = res.total + self.weighting.regulariser()
-                out["dtg"], out["self"] = res.total, res.self_term
-                for t, term in zip(self.teachers, res.teacher_terms):
-                    out[f"teacher/{t.name}"] = term
-                loss = loss + (cfg.loss.joint_lambda * dtg if self.uses_labels else dtg)
-                if cfg.loss.queue_size:
-                    self.queues = [torch.cat([a.detach(), b.detach(), q])[:cfg.loss.queue_size]
-                                   for a, b, q in zip(t_a, t_b, self.queues)]
+            out = self.forward_model(batch.a, batch.b)
+        stats: dict[str, torch.Tensor] = {}
+        loss = torch.zeros((), device=self.device)
+        if self.uses_labels:
+            stats["ce"] = F.cross_entropy(out["logits"].float(), batch.label)
+            loss = loss + stats["ce"]
+        if pair:
+            res = dtg_loss(g(out["self_a"]) if "self_a" in out else None, g(out["self_b"]) if "self_b" in out else None,
+                           [g(u) for u in out["heads_a"]], [g(u) for u in out["heads_b"]], t_a, t_b,
+                           out["weights"], cfg.loss.self_weight, cfg.loss.form, cfg.loss.tau, cfg.loss.margin,
+                           self.queues if cfg.loss.queue_size else None)
+            stats["dtg"], stats["self"] = res.total, res.self_term
+            stats.update({f"teacher/{t.name}": term for t, term in zip(self.teachers, res.teacher_terms)})
+            dtg = res.total + out["reg"]
+            loss = loss + (cfg.loss.joint_lambda * dtg if self.uses_labels else dtg)
+            if cfg.loss.queue_size:  # frozen teachers: past embeddings stay valid negatives
+                self.queues = [torch.cat([a, b, q])[:cfg.loss.queue_size] for a, b, q in zip(t_a, t_b, self.queues)]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.scheduler.step()
-        out["loss"] = loss.detach()
-        return out
+        stats["loss"] = loss.detach()
+        return {k: v.detach() for k, v in stats.items()}
 
     # ------------------------------------------------------------------------------------------ the loop
     def _loader(self, start: int) -> DataLoader:
-        self.sampler.set_position(self.epoch, start * self.cfg.optim.batch_size)
+        self.sampler.set_position(self.epoch, start * self.local_batch)
         self.dataset.set_epoch(self.epoch)
         nw = self.cfg.data.num_workers
-        return DataLoader(self.dataset, batch_size=self.cfg.optim.batch_size, sampler=self.sampler,
+        return DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler,
                           num_workers=nw, drop_last=True, pin_memory=self.device.type == "cuda",
                           persistent_workers=False, prefetch_factor=4 if nw else None)
 
@@ -278,12 +394,19 @@ class Trainer:
                      raw.get("frames_b"))
 
     def _count_bad(self, raw: dict) -> None:
-        self.items_seen += len(raw["index"])
-        for text in raw["bad"]:
-            for line in filter(None, text.split("\n")):
-                path, reason = line.split("\t", 1)
-                self.bad_items.append((path, reason))
-                self.logger.log({"event": "bad_item", "step": self.step, "path": path, "reason": reason})
+        new = [tuple(line.split("\t", 1)) for text in raw["bad"] for line in filter(None, text.split("\n"))]
+        counts = torch.tensor([len(raw["index"]), len(new)])
+        if self.dist.world > 1:  # every rank must take the same stop decision
+            import torch.distributed as dist
+
+            dist.all_reduce(counts)
+            gathered: list = [None] * self.dist.world
+            dist.all_gather_object(gathered, new)
+            new = [item for part in gathered for item in part]
+        self.items_seen += int(counts[0])
+        for path, reason in new:
+            self.bad_items.append((path, reason))
+            self.logger.log({"event": "bad_item", "step": self.step, "path": path, "reason": reason})
         attempted = self.items_seen + len(self.bad_items)
         frac = len(self.bad_items) / max(attempted, 1)
         if len(self.bad_items) and attempted >= 20 and frac > self.cfg.data.max_bad_fraction:
@@ -291,7 +414,7 @@ class Trainer:
             raise TooManyBadItems(
                 f"{len(self.bad_items)} of {attempted} items were unreadable ({frac:.1%} > "
                 f"data.max_bad_fraction={self.cfg.data.max_bad_fraction}); first: {self.bad_items[0][0]}: "
-                f"{self.bad_items[0][1]}. Progress saved in {self.run_dir.ckpt_dir / 'last.pt'}")
+                f"{self.bad_items[0][1]}. Progress saved in {self.out / 'checkpoints' / 'last.pt'}")
 
     def fit(self) -> dict:
         from tqdm import tqdm
@@ -315,7 +438,7 @@ class Trainer:
                     self._count_bad(raw)
                     out = self.train_step(self._to_batch(raw))
                     self.step += 1
-                    window["clips"] += len(raw["index"]) * (2 if "b" in raw else 1)
+                    window["clips"] += len(raw["index"]) * (2 if "b" in raw else 1) * self.dist.world
                     window["loss"].append(out["loss"])
                     bar.update(1)
                     if self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
@@ -330,15 +453,14 @@ class Trainer:
             bar.close()
             return self._finish()
         finally:
-            self.logger.close()
-            self.run_dir.close()
+            self._close()
 
     def _log_window(self, out, window, bar) -> None:
         losses = torch.stack(window["loss"]).float()
         if not torch.isfinite(losses).all():
             bad_step = self.step - len(losses) + int((~torch.isfinite(losses)).nonzero()[0])
             raise NonFiniteLoss(f"non-finite loss at step {bad_step + 1}; the last good checkpoint is "
-                                f"{self.run_dir.ckpt_dir / 'last.pt'}")
+                                f"{self.out / 'checkpoints' / 'last.pt'}")
         elapsed = time.perf_counter() - window["t0"]
         weights = self.weighting.weights().detach().float().cpu().tolist()
         self.weight_history.append([self.step] + weights)
@@ -354,6 +476,8 @@ class Trainer:
 
     def _finish(self) -> dict:
         weights = self.weighting.weights().detach().float().cpu().tolist()
+        if not self.dist.main:
+            return {"mode": self.mode, "steps": self.step}
         metrics = {"mode": self.mode, "steps": self.step, "videos": len(self.dataset),
                    "bad_items": [{"path": p, "reason": r} for p, r in self.bad_items],
                    "teacher_weights": {t.name: w for t, w in zip(self.teachers, weights)},
