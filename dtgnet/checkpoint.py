@@ -54,18 +54,26 @@ def load_checkpoint(path) -> dict:
     return safe_torch_load(path)
 
 
-def save_rotating(obj, ckpt_dir: Path, step: int, keep: int) -> Path:
-    """``step_<N>.pt`` plus ``last.pt``; only the newest ``keep`` step files are kept."""
+def _alias(path: Path, alias: Path, obj) -> None:
+    """Point ``alias`` at ``path`` atomically (a hard link: no second copy on disk; a copy where links fail)."""
+    tmp = alias.with_name(alias.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(path, tmp)
+    except OSError:
+        atomic_save(obj, alias)
+    else:
+        os.replace(tmp, alias)
+
+
+def save_rotating(obj, ckpt_dir: Path, step: int, keep: int, best: bool = False) -> Path:
+    """``step_<N>.pt``, ``last.pt`` and, when ``best``, ``best.pt``; only the newest ``keep`` step files stay."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     path = ckpt_dir / f"step_{step:08d}.pt"
     atomic_save(obj, path)
-    last_tmp = ckpt_dir / "last.pt.tmp"
-    try:
-        os.link(path, last_tmp)  # hard link: no second copy on disk
-    except OSError:
-        atomic_save(obj, last_tmp.with_suffix(""))
-    else:
-        os.replace(last_tmp, ckpt_dir / "last.pt")
+    _alias(path, ckpt_dir / "last.pt", obj)
+    if best:
+        _alias(path, ckpt_dir / "best.pt", obj)
     for old in sorted(ckpt_dir.glob("step_*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
     return path

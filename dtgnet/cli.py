@@ -140,10 +140,10 @@ def _cmd_train(args) -> int:
 
     if args.resume and not args.config:
         raise DtgError("--resume needs -c RUN_DIR/config.yaml (or the config the run started with)")
-    cfg = load_config(args.config, args.overrides)
     init = getattr(args, "init", None)
     if init and not Path(init).is_file():
         raise DtgError(f"--init: file not found: {init}")
+    cfg = load_config(args.config, args.overrides)
     metrics = train(cfg, args.command, init=init, resume=args.resume, force=args.force,
                     progress=not args.no_progress)
     if "final_loss" not in metrics:  # a non-zero rank of a torchrun job: rank 0 reports

@@ -405,7 +405,9 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
 
 
 def validate_data_paths(d: DataConfig) -> None:
-    """The data root and every named list must exist."""
+    """The format and back-end are known, the data root and every named list exist."""
+    _choice("data.format", d.format, DATA_FORMATS)
+    _choice("data.backend", d.backend, BACKENDS)
     if not d.root:
         raise ConfigError("data.root", "must be set (directory holding the videos)")
     if not Path(d.root).is_dir():

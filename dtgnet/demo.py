@@ -42,7 +42,7 @@ class DemoPlan:
 PLANS = {
     "quick": DemoPlan("quick", frames=4, size=48, batch_size=16, pretrain_epochs=6, finetune_epochs=40,
                       single_frame_epochs=6, teacher_input=96),
-    "full": DemoPlan("default", frames=4, size=48, batch_size=24, pretrain_epochs=16, finetune_epochs=60,
+    "full": DemoPlan("default", frames=4, size=48, batch_size=24, pretrain_epochs=10, finetune_epochs=40,
                      single_frame_epochs=8, teacher_input=96),
 }
 

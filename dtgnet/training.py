@@ -284,6 +284,8 @@ class Trainer:
                 self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.forward_model = torch.compile(self.step_module) if cfg.run.compile else self.step_module
         self.step, self.epoch, self.bad_items, self.items_seen = 0, 0, list(self.list_bad), 0
+        self.window: dict = {"loss": []}
+        self.last_loss, self.best_loss = None, float("inf")  # logged training loss; best.pt has the lowest
         self.weight_history: list[list[float]] = []
         if resume:
             self._resume()
@@ -312,9 +314,16 @@ class Trainer:
                  "queues": self.queues, "step": self.step, "epoch": self.epoch, "rng": rng_state(),
                  "config_hash": config_hash(to_dict(self.cfg)), "meta": self._meta(),
                  "bad_items": self.bad_items, "items_seen": self.items_seen,
-                 "weight_history": self.weight_history}
+                 "weight_history": self.weight_history, "best_loss": self.best_loss}
+        best = self.last_loss is not None and self.last_loss < self.best_loss
+        if best:
+            state["best_loss"] = self.best_loss = self.last_loss
         if self.dist.main:
-            save_rotating(state, self.out / "checkpoints", self.step, self.cfg.run.keep_checkpoints)
+            try:
+                save_rotating(state, self.out / "checkpoints", self.step, self.cfg.run.keep_checkpoints, best)
+            except OSError as e:
+                raise CheckpointError(f"could not write the step {self.step} checkpoint in {self.out / 'checkpoints'}"
+                                      f" ({e.strerror or e}); the previous checkpoint is intact") from None
 
     def _resume(self) -> None:
         ckpt = load_checkpoint(self.out / "checkpoints" / "last.pt")
@@ -328,7 +337,7 @@ class Trainer:
         self.queues = [q.to(self.device) for q in ckpt["queues"]]
         self.step, self.epoch = ckpt["step"], ckpt["epoch"]
         self.bad_items, self.items_seen = ckpt["bad_items"], ckpt["items_seen"]
-        self.weight_history = ckpt["weight_history"]
+        self.weight_history, self.best_loss = ckpt["weight_history"], ckpt["best_loss"]
         set_rng_state(ckpt["rng"])
 
     # ------------------------------------------------------------------------------------------ the step
@@ -395,14 +404,15 @@ class Trainer:
 
     def _count_bad(self, raw: dict) -> None:
         new = [tuple(line.split("\t", 1)) for text in raw["bad"] for line in filter(None, text.split("\n"))]
-        counts = torch.tensor([len(raw["index"]), len(new)])
+        counts = torch.tensor([len(raw["index"]), len(new)], device=self.device)
         if self.dist.world > 1:  # every rank must take the same stop decision
             import torch.distributed as dist
 
             dist.all_reduce(counts)
-            gathered: list = [None] * self.dist.world
-            dist.all_gather_object(gathered, new)
-            new = [item for part in gathered for item in part]
+            if counts[1] > 0:
+                gathered: list = [None] * self.dist.world
+                dist.all_gather_object(gathered, new)
+                new = [item for part in gathered for item in part]
         self.items_seen += int(counts[0])
         for path, reason in new:
             self.bad_items.append((path, reason))
@@ -410,6 +420,7 @@ class Trainer:
         attempted = self.items_seen + len(self.bad_items)
         frac = len(self.bad_items) / max(attempted, 1)
         if len(self.bad_items) and attempted >= 20 and frac > self.cfg.data.max_bad_fraction:
+            self._check_finite()
             self._checkpoint()
             raise TooManyBadItems(
                 f"{len(self.bad_items)} of {attempted} items were unreadable ({frac:.1%} > "
@@ -429,7 +440,7 @@ class Trainer:
                 self.logger.log({"event": "bad_item", "step": 0, "path": path, "reason": reason})
             bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.mode} {self.out.name}",
                        disable=not self.progress, unit="step", dynamic_ncols=True)
-            window = {"t0": time.perf_counter(), "wait": 0.0, "clips": 0, "loss": []}
+            window = self.window = {"t0": time.perf_counter(), "wait": 0.0, "clips": 0, "loss": []}
             while self.step < self.total_steps:
                 start = self.step - self.epoch * self.steps_per_epoch
                 t_wait = time.perf_counter()
@@ -444,6 +455,7 @@ class Trainer:
                     if self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
                         self._log_window(out, window, bar)
                     if self.step % cfg.run.checkpoint_every == 0 and self.step < self.total_steps:
+                        self._check_finite()
                         self._checkpoint()
                     if self.step >= self.total_steps:
                         break
@@ -455,16 +467,24 @@ class Trainer:
         finally:
             self._close()
 
-    def _log_window(self, out, window, bar) -> None:
-        losses = torch.stack(window["loss"]).float()
+    def _check_finite(self) -> None:
+        """Raise on a non-finite loss among the steps since the last check (one host sync)."""
+        if not self.window["loss"]:
+            return
+        losses = torch.stack(self.window["loss"]).float()
         if not torch.isfinite(losses).all():
             bad_step = self.step - len(losses) + int((~torch.isfinite(losses)).nonzero()[0])
             raise NonFiniteLoss(f"non-finite loss at step {bad_step + 1}; the last good checkpoint is "
                                 f"{self.out / 'checkpoints' / 'last.pt'}")
+
+    def _log_window(self, out, window, bar) -> None:
+        self._check_finite()
+        losses = torch.stack(window["loss"]).float()
         elapsed = time.perf_counter() - window["t0"]
         weights = self.weighting.weights().detach().float().cpu().tolist()
         self.weight_history.append([self.step] + weights)
-        record = {"step": self.step, "epoch": self.epoch, "loss": losses.mean().item(),
+        self.last_loss = losses.mean().item()
+        record = {"step": self.step, "epoch": self.epoch, "loss": self.last_loss,
                   "lr": self.scheduler.get_last_lr()[0], "clips_per_s": window["clips"] / max(elapsed, 1e-9),
                   "data_wait_frac": window["wait"] / max(elapsed, 1e-9), "bad_items": len(self.bad_items)}
         record.update({k: v.item() for k, v in out.items() if k != "loss"})

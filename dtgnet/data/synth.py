@@ -5,8 +5,8 @@ vs counter-clockwise, approach vs recede, slide right vs left, rise vs fall, orb
 counter-clockwise. A single frame therefore cannot tell a class from its partner; it shows at most which
 pair (the motion blur's shape and the actor's kind hint at it). Actors are cut from real images that
 scikit-image and scikit-learn ship (faces from LFW, hand-written digits, the cat, the astronaut, coffee,
-rocket, ...); each pair prefers one kind of actor (``p_favoured``) but any kind can play any class, so
-appearance is correlated with the class, not determined by it. Backgrounds are real textures and photos,
+rocket, ...); each pair prefers one kind of actor and one kind of scene (each with ``p_favoured``) but any
+actor and scene can appear in any class, so appearance is correlated with the class, not determined by it. Backgrounds are real textures and photos,
 with camera jitter, drifting clutter and sensor noise. Train, val and test draw actors and backgrounds from
 disjoint parts of the source images (like UCF101's groups).
 
@@ -42,8 +42,8 @@ class SynthPreset:
     stills_per_class: int
     frames: int
     size: int
-    p_favoured: float = 0.6
-    subframes: int = 3  # temporal supersampling: motion blur inside each frame
+    p_favoured: float = 0.75  # chance that the actor kind (and, separately, the scene) is the pair's own
+    subframes: int = 4  # temporal supersampling: motion blur inside each frame
 
 
 PRESETS = {
@@ -134,10 +134,11 @@ def _actor_sprite(src: Sources, split: str, kind: str, rng) -> np.ndarray:
     return F.interpolate(t[None], size=(32, 32), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-def _background(src: Sources, split: str, size: int, frames: int, rng) -> torch.Tensor:
-    """``(frames, 3, size, size)`` crops of one real background with a random-walk camera jitter."""
+def _background(src: Sources, split: str, size: int, frames: int, rng, favoured: int | None) -> torch.Tensor:
+    """``(frames, 3, size, size)`` crops of one real background (source ``favoured`` when given, else a random
+    one) with a random-walk camera jitter."""
     pool = src.backgrounds[split]
-    img = pool[rng.integers(len(pool))]
+    img = pool[favoured if favoured is not None else rng.integers(len(pool))]
     h, w = img.shape[:2]
     crop = int(min(h, w, rng.uniform(1.2, 2.0) * size))
     pad = 8
@@ -162,7 +163,7 @@ def _trajectory(name: str, t: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray, 
     n = len(t)
     cx = np.full(n, rng.uniform(-0.3, 0.3))
     cy = np.full(n, rng.uniform(-0.3, 0.3))
-    scale = np.full(n, rng.uniform(0.35, 0.5))
+    scale = np.full(n, rng.uniform(0.4, 0.55))
     angle = rng.uniform(-0.2, 0.2) + rng.normal(0, 0.03, n).cumsum()
     if base == "rotate":
         angle = angle + rng.uniform(0, 2 * math.pi) + tt * rng.uniform(1.6, 3.2)
@@ -206,14 +207,15 @@ def render(name: str, split: str, src: Sources, preset: SynthPreset, rng, pair_i
     sub = preset.subframes
     kind = ACTOR_KINDS[pair_index] if rng.random() < preset.p_favoured else ACTOR_KINDS[rng.integers(len(ACTOR_KINDS))]
     actor = _actor_sprite(src, split, kind, rng)
-    bg = _background(src, split, preset.size, frames, rng)
+    scene = pair_index if rng.random() < preset.p_favoured else None  # like UCF101's scene bias
+    bg = _background(src, split, preset.size, frames, rng, scene)
     t = np.linspace(0, 1, frames * sub)
     canvas = bg.repeat_interleave(sub, 0)  # (frames*sub, 3, S, S)
     for _ in range(rng.integers(1, 3)):  # clutter: other actors drifting slowly
         other = _actor_sprite(src, split, ACTOR_KINDS[rng.integers(len(ACTOR_KINDS))], rng)
         start, vel = rng.uniform(-0.8, 0.8, 2), rng.normal(0, 0.15, 2)
-        canvas = _paste(canvas, other * torch.tensor([1, 1, 1, 0.8]).view(4, 1, 1),
-                        start[0] + vel[0] * t, start[1] + vel[1] * t, np.full_like(t, rng.uniform(0.15, 0.25)),
+        canvas = _paste(canvas, other * torch.tensor([1, 1, 1, 0.7]).view(4, 1, 1),
+                        start[0] + vel[0] * t, start[1] + vel[1] * t, np.full_like(t, rng.uniform(0.12, 0.2)),
                         rng.uniform(0, 6.3) + 0 * t)
     canvas = _paste(canvas, actor, *_trajectory(name, t, rng))
     video = canvas.unflatten(0, (frames, sub)).mean(1)  # motion blur from sub-frames
