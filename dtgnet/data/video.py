@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -41,59 +42,82 @@ def rotate_frame(frame: np.ndarray, degrees: int) -> np.ndarray:
 
 
 class PyAVReader:
+    """PyAV (FFmpeg). A video's presentation timestamps are read once by demuxing (no decoding) and give the
+    exact frame count and the index -> timestamp map, so a read seeks to the keyframe before the first wanted
+    frame and decodes only from there, exactly also on variable-frame-rate files."""
+
     name = "pyav"
 
-    def info(self, path: str | os.PathLike) -> VideoInfo:
+    def __init__(self, table_cache: int = 256):
+        self._tables: OrderedDict[str, tuple[np.ndarray, float, int, int]] = OrderedDict()
+        self._cache_size = table_cache
+
+    def _table(self, path: Path) -> tuple[np.ndarray, float, int, int]:
+        """(sorted pts of every frame, average fps, width, height), cached per file."""
         import av
 
-        path = Path(path)
+        key = str(path)
+        if key in self._tables:
+            self._tables.move_to_end(key)
+            return self._tables[key]
         _check_file(path)
         try:
-            with av.open(str(path)) as container:
+            with av.open(key) as container:
                 if not container.streams.video:
                     raise VideoDecodeError(path, "no video stream")
                 stream = container.streams.video[0]
-                n = stream.frames
-                if n <= 0:  # some containers omit the count: count packets (no decoding)
-                    n = sum(1 for p in container.demux(stream) if p.size > 0)
-                rate = stream.average_rate or stream.guessed_rate or 0
+                pts = np.sort(np.array([p.pts for p in container.demux(stream) if p.size > 0 and p.pts is not None],
+                                       dtype=np.int64))
+                rate = float(stream.average_rate or stream.guessed_rate or 0)
                 w, h = stream.codec_context.width, stream.codec_context.height
         except VideoDecodeError:
             raise
         except Exception as e:  # PyAV raises many FFmpeg error types
             raise VideoDecodeError(path, f"cannot open: {type(e).__name__}: {e}") from None
-        if n <= 0 or w <= 0 or h <= 0:
+        if len(pts) == 0 or w <= 0 or h <= 0:
             raise VideoDecodeError(path, "no decodable frames")
-        return VideoInfo(num_frames=int(n), fps=float(rate), width=w, height=h)
+        self._tables[key] = (pts, rate, w, h)
+        if len(self._tables) > self._cache_size:
+            self._tables.popitem(last=False)
+        return self._tables[key]
+
+    def info(self, path: str | os.PathLike) -> VideoInfo:
+        pts, rate, w, h = self._table(Path(path))
+        return VideoInfo(num_frames=len(pts), fps=rate, width=w, height=h)
 
     def read(self, path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
         import av
 
         path = Path(path)
-        _check_file(path)
+        pts_table = self._table(path)[0]
         wanted = sorted(set(int(i) for i in indices))
         if not wanted:
             raise ValueError("no frame indices requested")
         if wanted[0] < 0:
             raise ValueError(f"negative frame index {wanted[0]}")
+        if wanted[-1] >= len(pts_table):
+            raise VideoDecodeError(path, f"truncated: {len(pts_table)} frames, frame {wanted[-1]} was requested")
+        index_of = {int(pts_table[i]): i for i in wanted}
+        last_pts = int(pts_table[wanted[-1]])
         got: dict[int, np.ndarray] = {}
-        last = wanted[-1]
         n_decoded = 0
         try:
             with av.open(str(path)) as container:
                 stream = container.streams.video[0]
-                targets = set(wanted)
-                for i, frame in enumerate(container.decode(stream)):
-                    n_decoded = i + 1
-                    if i in targets:
+                if wanted[0] > 0:
+                    container.seek(int(pts_table[wanted[0]]), stream=stream, backward=True, any_frame=False)
+                for frame in container.decode(stream):
+                    n_decoded += 1
+                    if frame.pts in index_of:
                         img = frame.to_ndarray(format="rgb24")
-                        got[i] = rotate_frame(img, getattr(frame, "rotation", 0) or 0)
-                    if i >= last:
+                        got[index_of[frame.pts]] = rotate_frame(img, getattr(frame, "rotation", 0) or 0)
+                    if frame.pts is not None and frame.pts >= last_pts:
                         break
         except Exception as e:
             raise VideoDecodeError(path, f"decoding failed after {n_decoded} frames: {type(e).__name__}: {e}") from None
         if len(got) < len(wanted):
-            raise VideoDecodeError(path, f"truncated: decoded {n_decoded} frames, frame {last} was requested")
+            missing = [i for i in wanted if i not in got]
+            raise VideoDecodeError(path, f"truncated: frame {missing[0]} could not be decoded")
         return np.stack([got[int(i)] for i in indices])
 
 

@@ -102,3 +102,20 @@ def test_optional_backends(backend, tmp_path):
     ref = PyAVReader().read(tmp_path / "v.mp4", [1, 6])
     got = r.read(tmp_path / "v.mp4", [1, 6])
     assert np.abs(got.astype(int) - ref.astype(int)).mean() < 3
+
+
+@real
+@pytest.mark.parametrize("name", ["typing44.mp4", "doing_exercises4.mp4"])
+def test_seeking_read_equals_full_sequential_decode(name):
+    import av
+
+    path = REAL_CLIPS / name
+    with av.open(str(path)) as c:
+        every = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    r = PyAVReader()
+    n = r.info(path).num_frames
+    assert n == len(every)
+    picks = [n - 1, n // 2, n - 37, 150]
+    got = r.read(path, picks)
+    for k, i in enumerate(picks):
+        np.testing.assert_array_equal(got[k], every[i])
