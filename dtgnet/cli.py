@@ -49,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--subset", default="train", choices=("train", "val", "test"), help="hmdb51 subset")
     scan.add_argument("--backend", default="pyav", help="pyav, decord or torchcodec")
 
+    prep = dsub.add_parser("prepare", help="decode a dataset once into a fast uint8 memory map",
+                           description="Decode every video of the config's train/val/test lists once, resize "
+                                       "(short side to --size, centre crop) and store the frames as a uint8 "
+                                       "memory map; training and evaluation read it with data.prepared=OUT.")
+    prep.add_argument("-c", "--config", help=CONFIG_HELP)
+    prep.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+    prep.add_argument("--out", required=True, help="output directory")
+    prep.add_argument("--size", type=int, default=0, help="stored frame side (default: data.size * 8/7)")
+
     teacher = sub.add_parser("teacher", help="train an image-based action teacher",
                              description="Teachers: train an image-based action teacher from still images.")
     tsub = teacher.add_subparsers(dest="teacher_command", required=True, metavar="TEACHER_COMMAND")
@@ -60,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     ttrain.add_argument("--epochs", type=int, default=30, help="training epochs of the head")
     ttrain.add_argument("--input-size", type=int, default=96, help="image side given to the backbone")
     ttrain.add_argument("--seed", type=int, default=0, help="random seed")
+
+    tcache = tsub.add_parser("cache", help="embed every training frame once per teacher, to disk",
+                             description="Write each configured teacher's per-frame embeddings of the training "
+                                         "videos (float16, memory-mapped) to --out or run.teacher_cache_dir; "
+                                         "training reads them when run.teacher_cache_dir names the directory.")
+    tcache.add_argument("-c", "--config", help=CONFIG_HELP)
+    tcache.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
+    tcache.add_argument("--out", help="cache directory (default: run.teacher_cache_dir)")
 
     _add_train(sub, "pretrain", "mode i: self-supervised DTG pre-training (labels are not read)")
     _add_train(sub, "finetune", "fine-tune a student on (a fraction of) the labels")
@@ -86,6 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--force", action="store_true", help="overwrite an existing output directory")
 
+    bench = sub.add_parser("bench", help="measure student, DTG (online / cached teachers) and loader speed",
+                           description="Measure on SynthActions, in one run: student-only step, DTG step with "
+                                       "online teachers, DTG step with cached teachers, and DataLoader clips/s "
+                                       "with PyAV per sample vs the prepared memory map.")
+    bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run the steps")
+    bench.add_argument("--json", help="write the figures to this JSON file")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test of the benchmark)")
+
     cfg = sub.add_parser("config", help="print every config key with its default and meaning",
                          description="Print every config key, its default value and its description.")
     cfg.add_argument("-c", "--config", help="show this file resolved instead of the defaults")
@@ -93,7 +118,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _cmd_data_prepare(args) -> int:
+    from .config import load_config
+    from .data.lists import load_split
+    from .data.prepare import prepare
+    from .data.video import get_reader
+
+    cfg = load_config(args.config, args.overrides)
+    size = args.size or (cfg.data.size * 8 // 7 + 1) // 2 * 2
+    if size < cfg.data.size:
+        raise DtgError(f"--size {size} is smaller than data.size={cfg.data.size}")
+    lists = [load_split(cfg.data, s) for s in ("train", "val", "test")
+             if getattr(cfg.data, f"{s}_list") or cfg.data.format == "hmdb51"]
+    r = prepare(lists, get_reader(cfg.data.reader), args.out, size)
+    print(f"prepared {r['videos']} videos, {r['frames']} frames at {size}x{size}: {r['bytes'] / 2**20:.1f} MiB "
+          f"({r['bytes'] / max(r['frames'], 1) / 1024:.1f} KiB per frame), {len(r['bad'])} unreadable -> {args.out}")
+    return 0
+
+
 def _cmd_data(args) -> int:
+    if args.data_command == "prepare":
+        return _cmd_data_prepare(args)
     if args.data_command == "synth":
         from .data.synth import generate
 
@@ -120,9 +165,35 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _cmd_teacher_cache(args) -> int:
+    from .config import load_config
+    from .data.dataset import VideoDataset
+    from .data.lists import load_split
+    from .data.prepare import reader_for
+    from .teacher_cache import write_cache
+    from .teachers import build_teacher
+    from .training import pick_device
+
+    cfg = load_config(args.config, args.overrides)
+    out = args.out or cfg.run.teacher_cache_dir
+    if not out:
+        raise DtgError("--out or run.teacher_cache_dir must name the cache directory")
+    if not cfg.teachers:
+        raise DtgError("the config names no teachers")
+    device = pick_device(cfg.run.device)
+    videos = load_split(cfg.data, "train")
+    dataset = VideoDataset(videos, "single", cfg.data.frames, cfg.data.size, reader=reader_for(cfg.data))
+    for tc in cfg.teachers:
+        path = write_cache(build_teacher(tc).to(device), tc, dataset, out, device)
+        print(f"teacher {tc.name}: {len(dataset)} videos -> {path}")
+    return 0
+
+
 def _cmd_teacher(args) -> int:
     from .teachers import train_action_teacher
 
+    if args.teacher_command == "cache":
+        return _cmd_teacher_cache(args)
     if args.epochs < 1:
         raise DtgError(f"--epochs must be >= 1, got {args.epochs}")
     if args.input_size < 32:
@@ -208,6 +279,18 @@ def _cmd_config(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .bench import format_table, run_bench
+    from .training import pick_device
+
+    pick_device(args.device)  # a missing GPU is a one-line error
+    r = run_bench(args.device, quick=args.quick)
+    print(format_table(r))
+    if args.json:
+        Path(args.json).write_text(json.dumps(r, indent=2))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -219,7 +302,8 @@ def _cmd_demo(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"data": _cmd_data, "teacher": _cmd_teacher, "pretrain": _cmd_train, "finetune": _cmd_train,
-                "joint": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "config": _cmd_config}
+                "joint": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "config": _cmd_config,
+                "bench": _cmd_bench}
     try:
         return handlers[args.command](args)
     except DtgError as e:

@@ -54,6 +54,9 @@ class DataConfig:
     """Fraction of labelled training videos used by finetune/joint (stratified, fixed by the seed)."""
     backend: str = "pyav"
     """Video decoder: pyav (default), decord or torchcodec (optional extras)."""
+    prepared: str = ""
+    """Directory written by `dtgnet data prepare`: frames are read from its pre-decoded uint8 memory map
+    instead of being decoded (much faster; see docs/PERFORMANCE.md)."""
     num_workers: int = 0
     """DataLoader worker processes (0 loads in the main process)."""
     max_bad_fraction: float = 0.05
@@ -159,6 +162,9 @@ class RunConfig:
     """Embed every frame of the training videos once per teacher and look the embeddings up during training
     instead of running the teachers on every view (much faster; teachers then see clean, un-augmented
     frames)."""
+    teacher_cache_dir: str = ""
+    """Directory written by `dtgnet teacher cache -c CONFIG`: training memory-maps it instead of running the
+    teachers, and refuses it when the teachers, their preprocessing or the videos changed."""
     compile: bool = False
     """Wrap the student in torch.compile."""
     log_every: int = 10
@@ -412,7 +418,7 @@ def validate_data_paths(d: DataConfig) -> None:
         raise ConfigError("data.root", "must be set (directory holding the videos)")
     if not Path(d.root).is_dir():
         raise ConfigError("data.root", f"directory not found: {d.root}")
-    for key in ("train_list", "val_list", "test_list", "classes"):
+    for key in ("train_list", "val_list", "test_list", "classes", "prepared"):
         value = getattr(d, key)
         if value and not Path(value).exists():
             raise ConfigError(f"data.{key}", f"file not found: {value}")

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .data.dataset import VideoDataset
+from .data.prepare import reader_for
 from .data.lists import load_split
 from .errors import CheckpointError, DataError
 from .students import DTGStudent, load_student
@@ -98,7 +99,7 @@ def _eval_dataset(cfg, subset: str, model: DTGStudent) -> VideoDataset:
     if not entries:
         raise DataError(f"{videos.source}: no labelled entries to evaluate on")
     return VideoDataset(videos, "eval", cfg.data.frames, cfg.data.size, model.temporal, cfg.data.stride,
-                        clips=cfg.data.eval_clips, backend=cfg.data.reader, seed=cfg.run.seed, entries=entries)
+                        clips=cfg.data.eval_clips, reader=reader_for(cfg.data), seed=cfg.run.seed, entries=entries)
 
 
 def evaluate_model(model: DTGStudent, cfg, protocol: str, device="cpu", progress: bool = False,

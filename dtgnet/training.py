@@ -22,12 +22,13 @@ from torch.utils.data import DataLoader, Sampler
 from .checkpoint import config_hash, load_checkpoint, rng_state, save_rotating, set_rng_state
 from .config import Config, save_config, to_dict
 from .data.dataset import VideoDataset, stratified_subset
+from .data.prepare import reader_for
 from .data.lists import VideoList, load_split
 from .errors import CheckpointError, DataError, DtgError, TooManyBadItems
 from .losses import dtg_loss
 from .runlog import Logger, RunDir
 from .students import DTGStudent, build_student, save_student_safetensors
-from .teacher_cache import build_cache
+from .teacher_cache import build_cache, load_cache
 from .teachers import Teacher, build_teacher
 from .weighting import build_weighting
 
@@ -194,7 +195,7 @@ class Trainer:
         try:
             self._setup(init, resume)
         except BaseException:
-            self._close()
+            self.close()
             raise
 
     def _agree(self, failure: DtgError | None) -> None:
@@ -211,7 +212,7 @@ class Trainer:
         if message:
             raise DtgError(message)
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if getattr(self, "logger", None) is not None:
             self.logger.close()
         if self.run_dir is not None:
@@ -242,14 +243,17 @@ class Trainer:
             cfg, {t.name: t.embed_dim for t in self.teachers}, self.num_classes if self.uses_labels else 0,
             self_head=pair and cfg.loss.self_weight > 0).to(self.device)
         self.dataset = VideoDataset(self.videos, "pair" if pair else "single", cfg.data.frames, cfg.data.size,
-                                    self.model.temporal, cfg.data.stride, backend=cfg.data.reader,
+                                    self.model.temporal, cfg.data.stride, reader=reader_for(cfg.data),
                                     seed=cfg.run.seed, flip=cfg.data.flip, strong_aug=cfg.data.strong_aug,
                                     entries=entries)
         if len(self.dataset) < cfg.optim.batch_size:
             raise DataError(f"{self.videos.source}: {len(self.dataset)} usable videos, fewer than "
                             f"optim.batch_size={cfg.optim.batch_size}")
         self.caches = None
-        if cfg.run.teacher_cache and self.teachers:
+        if self.teachers and cfg.run.teacher_cache_dir:
+            self.caches = [load_cache(t, tc, self.dataset, cfg.run.teacher_cache_dir)
+                           for t, tc in zip(self.teachers, cfg.teachers)]
+        elif self.teachers and cfg.run.teacher_cache:
             self.caches = [build_cache(t, self.dataset, self.device, progress=self.progress) for t in self.teachers]
         self.weighting = build_weighting(cfg.loss, [t.weight for t in cfg.teachers] if self.teachers else []
                                          ).to(self.device)
@@ -387,7 +391,7 @@ class Trainer:
         return {k: v.detach() for k, v in stats.items()}
 
     # ------------------------------------------------------------------------------------------ the loop
-    def _loader(self, start: int) -> DataLoader:
+    def loader(self, start: int) -> DataLoader:
         self.sampler.set_position(self.epoch, start * self.local_batch)
         self.dataset.set_epoch(self.epoch)
         nw = self.cfg.data.num_workers
@@ -395,7 +399,7 @@ class Trainer:
                           num_workers=nw, drop_last=True, pin_memory=self.device.type == "cuda",
                           persistent_workers=False, prefetch_factor=4 if nw else None)
 
-    def _to_batch(self, raw: dict) -> Batch:
+    def to_batch(self, raw: dict) -> Batch:
         nb = self.device.type == "cuda"
         a = raw["a"].to(self.device, non_blocking=nb)
         b = raw["b"].to(self.device, non_blocking=nb) if "b" in raw else None
@@ -444,10 +448,10 @@ class Trainer:
             while self.step < self.total_steps:
                 start = self.step - self.epoch * self.steps_per_epoch
                 t_wait = time.perf_counter()
-                for raw in self._loader(start):
+                for raw in self.loader(start):
                     window["wait"] += time.perf_counter() - t_wait
                     self._count_bad(raw)
-                    out = self.train_step(self._to_batch(raw))
+                    out = self.train_step(self.to_batch(raw))
                     self.step += 1
                     window["clips"] += len(raw["index"]) * (2 if "b" in raw else 1) * self.dist.world
                     window["loss"].append(out["loss"])
@@ -465,7 +469,7 @@ class Trainer:
             bar.close()
             return self._finish()
         finally:
-            self._close()
+            self.close()
 
     def _check_finite(self) -> None:
         """Raise on a non-finite loss among the steps since the last check (one host sync)."""

@@ -5,8 +5,8 @@ import pytest
 
 from dtgnet.cli import build_parser, main
 
-COMMANDS = [[], ["data"], ["data", "synth"], ["data", "scan"], ["teacher"], ["teacher", "train"], ["pretrain"],
-            ["finetune"], ["joint"], ["eval"], ["demo"], ["config"]]
+COMMANDS = [[], ["data"], ["data", "synth"], ["data", "scan"], ["teacher"], ["teacher", "train"], ["teacher", "cache"], ["pretrain"],
+            ["finetune"], ["joint"], ["eval"], ["demo"], ["config"], ["bench"], ["data", "prepare"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
@@ -32,3 +32,15 @@ def test_config_listing(capsys):
 def test_teacher_train_bad_input(tmp_path, capsys):
     assert main(["teacher", "train", str(tmp_path / "none"), "--out", str(tmp_path / "t.safetensors")]) == 2
     assert "none" in capsys.readouterr().err
+
+
+def test_bench_quick_writes_every_key(tmp_path, capsys):
+    import json
+
+    assert main(["bench", "--quick", "--json", str(tmp_path / "b.json")]) == 0
+    r = json.loads((tmp_path / "b.json").read_text())
+    for key in ("student_step_s", "dtg_online_step_s", "dtg_cached_step_s", "loader_naive_clips_per_s",
+                "loader_fast_clips_per_s", "device", "config"):
+        assert key in r
+    assert r["dtg_online_step_s"] > 0 and r["loader_fast_clips_per_s"] > 0
+    assert "cached / online" in capsys.readouterr().out

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -43,9 +44,9 @@ def test_gradients_reach_student_not_teachers(tiny_synth, tmp_path):
     cfg = tiny_cfg(tiny_synth, tmp_path / "g", **{"loss.weighting": "learned"})
     tr = Trainer(cfg, "pretrain", progress=False)
     try:
-        raw = next(iter(tr._loader(0)))
+        raw = next(iter(tr.loader(0)))
         before = {k: v.clone() for k, v in tr.teachers[0].state_dict().items()}
-        out = tr.train_step(tr._to_batch(raw))
+        out = tr.train_step(tr.to_batch(raw))
         assert torch.isfinite(out["loss"])
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tr.model.backbone.parameters()
                    if p.requires_grad and p.ndim > 1)
@@ -154,9 +155,38 @@ def test_teacher_cache_matches_online_teacher_on_clean_frames(tiny_synth, tmp_pa
         clean = eval_transform(32)(to_tensor(ds.reader.read(path, [1, 5])))[None]  # (1, 2, 3, 32, 32)
         online = tr.teachers[0](clean)
         torch.testing.assert_close(cache.lookup(torch.tensor([3]), frames), online, atol=2e-2, rtol=2e-2)
-        out = tr.train_step(tr._to_batch(next(iter(tr._loader(0)))))
+        out = tr.train_step(tr.to_batch(next(iter(tr.loader(0)))))
         assert torch.isfinite(out["loss"]) and "teacher/imagenet" in out
-        assert build_cache(tr.teachers[0], ds, "cpu", progress=False).per_video[0].dtype == torch.float16
+        assert build_cache(tr.teachers[0], ds, "cpu", progress=False).per_video[0].dtype == np.float16
     finally:
         tr.logger.close()
         tr.run_dir.close()
+
+
+def test_disk_teacher_cache_matches_and_detects_staleness(tiny_synth, tmp_path, capsys):
+    import shutil
+
+    from dtgnet.teacher_cache import StaleCacheError
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_synth, root)
+    cache = tmp_path / "cache"
+    ov = tiny_overrides(root, tmp_path / "unused")
+    assert main(["teacher", "cache", *ov, "--out", str(cache)]) == 0
+    assert (cache / "imagenet.npy").exists() and "imagenet" in capsys.readouterr().out
+    # cached from disk and cached in memory give the same loss
+    losses = {}
+    for name, extra in (("disk", {"run.teacher_cache_dir": cache}), ("memory", {"run.teacher_cache": True})):
+        train(tiny_cfg(root, tmp_path / name, **extra), "pretrain", progress=False)
+        losses[name] = [r["loss"] for r in read_log(tmp_path / name / "log.jsonl") if "loss" in r]
+    assert losses["disk"] == pytest.approx(losses["memory"], rel=1e-5)
+    # a different teacher preprocessing, or a changed video, is refused with a clear message
+    with pytest.raises(StaleCacheError, match="input_size"):
+        Trainer(tiny_cfg(root, tmp_path / "s1", **{"run.teacher_cache_dir": cache, "teachers.0.input_size": 48}),
+                "pretrain", progress=False)
+    first = (root / "train.txt").read_text().split()[0]
+    (root / first).write_bytes((root / first).read_bytes() + b"\0")
+    with pytest.raises(StaleCacheError, match="changed"):
+        Trainer(tiny_cfg(root, tmp_path / "s2", **{"run.teacher_cache_dir": cache}), "pretrain", progress=False)
+    assert main(["pretrain", *tiny_overrides(root, tmp_path / "s3", **{"run.teacher_cache_dir": cache})]) == 2
+    assert "stale teacher cache" in capsys.readouterr().err

@@ -32,7 +32,7 @@ class VideoDataset(Dataset):
 
     def __init__(self, videos: VideoList, mode: str, frames: int, size: int, temporal: str = "segments",
                  stride: int = 1, clips: int = 1, backend: str = "pyav", seed: int = 0, flip: bool = True,
-                 strong_aug: bool = True, entries=None):
+                 strong_aug: bool = True, entries=None, reader=None):
         if mode not in ("pair", "single", "eval"):
             raise ValueError(f"unknown mode {mode!r}")
         self.videos = videos
@@ -42,7 +42,7 @@ class VideoDataset(Dataset):
         self.mode, self.frames, self.size, self.temporal = mode, frames, size, temporal
         self.stride, self.clips, self.seed = stride, clips, seed
         self.backend = backend
-        self.reader = get_reader("frames" if backend == "frames" else backend)
+        self.reader = reader if reader is not None else get_reader(backend)
         self.train_tf = train_transform(size, flip=flip, strong=strong_aug)
         self.eval_tf = eval_transform(size)
         self.epoch = 0

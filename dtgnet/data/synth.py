@@ -246,9 +246,6 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 12) -> None:
 
 def generate(out: str | Path, preset: str | SynthPreset = "quick", seed: int = 0, progress: bool = True) -> dict:
     """Write SynthActions under ``out`` (a preset name or a :class:`SynthPreset`); returns a summary."""
-    from PIL import Image
-    from tqdm import tqdm
-
     if isinstance(preset, SynthPreset):
         p, preset = preset, "custom"
     elif preset in PRESETS:
@@ -258,7 +255,18 @@ def generate(out: str | Path, preset: str | SynthPreset = "quick", seed: int = 0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny tensors: threading costs more than it gives, and keeps results exact
+    try:
+        return _generate(out, p, preset, seed, progress, t0)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _generate(out: Path, p: SynthPreset, preset: str, seed: int, progress: bool, t0: float) -> dict:
+    from PIL import Image
+    from tqdm import tqdm
+
     src = Sources()
     names = class_names(p.pairs)
     (out / "classes.txt").write_text("".join(n + "\n" for n in names))

@@ -78,3 +78,27 @@ def test_stratified_subset():
     assert np.bincount(labels[idx]).tolist() == [2] * 5
     assert np.array_equal(idx, stratified_subset(labels, 0.1, seed=0))
     assert len(stratified_subset(labels, 0.01, seed=0)) == 5  # at least one per class
+
+
+def test_prepared_reader_matches_decoded_frames(tiny_synth, tmp_path):
+    from dtgnet.cli import main
+    from dtgnet.config import DataConfig
+    from dtgnet.data.lists import load_split
+    from dtgnet.data.prepare import PreparedReader, reader_for
+    from dtgnet.data.video import PyAVReader
+    from dtgnet.errors import DataError
+
+    ov = [f"data.root={tiny_synth}", f"data.train_list={tiny_synth / 'train.txt'}",
+          f"data.test_list={tiny_synth / 'test.txt'}", "data.size=32"]
+    assert main(["data", "prepare", *ov, "--out", str(tmp_path / "prep"), "--size", "32"]) == 0
+    cfg = DataConfig(root=str(tiny_synth), train_list=str(tiny_synth / "train.txt"), prepared=str(tmp_path / "prep"))
+    reader = reader_for(cfg)
+    assert isinstance(reader, PreparedReader)
+    entry = load_split(cfg, "train").entries[5]
+    path = tiny_synth / entry.path
+    assert reader.info(path).num_frames == PyAVReader().info(path).num_frames
+    np.testing.assert_array_equal(reader.read(path, [1, 4]), PyAVReader().read(path, [1, 4]))  # same size: no resize
+    ds = VideoDataset(load_split(cfg, "train"), "pair", frames=2, size=24, reader=reader)
+    assert ds[0]["a"].shape == (2, 3, 24, 24)
+    with pytest.raises(DataError, match="not a prepared dataset"):
+        PreparedReader(tmp_path, tiny_synth)

@@ -1,0 +1,133 @@
+"""`dtgnet bench`: where the time goes, measured in one run on the same SynthActions data.
+
+* ``student_step_s``: a training step of the student alone (two views, self term only);
+* ``dtg_online_step_s``: a DTG step with both teachers (bundled ImageNet + image-based action) run online;
+* ``dtg_cached_step_s``: the same DTG step reading the teachers' per-frame embeddings from the cache;
+* ``loader_naive_clips_per_s`` / ``loader_fast_clips_per_s``: sequences per second out of the DataLoader,
+  decoding every sample with PyAV vs reading the `dtgnet data prepare` memory map.
+
+Step times are medians over timed steps on batches loaded beforehand (the data path is measured apart).
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from .config import TeacherConfig, to_dict, validate
+from .data.dataset import VideoDataset
+from .data.lists import load_split
+from .data.prepare import PreparedReader, prepare
+from .data.synth import SynthPreset, generate
+from .data.video import get_reader
+from .teachers import train_action_teacher
+from .training import Trainer
+
+FULL = dict(preset="quick", batch=16, frames=4, size=48, teacher_input=96, steps=8, loader_batches=12)
+QUICK = dict(preset=SynthPreset(pairs=2, train_per_class=8, val_per_class=1, test_per_class=1, stills_per_class=8,
+                                frames=12, size=48), batch=8, frames=4, size=40, teacher_input=64, steps=3,
+             loader_batches=3)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _step_time(cfg, work: Path, name: str, steps: int) -> tuple[float, str]:
+    cfg = copy.deepcopy(cfg)
+    cfg.run.out = str(work / "runs" / name)
+    trainer = Trainer(cfg, "pretrain", force=True, progress=False)
+    try:
+        loader = iter(trainer.loader(0))
+        batches = [trainer.to_batch(next(loader)) for _ in range(min(steps + 2, trainer.steps_per_epoch))]
+        times = []
+        for i in range(steps + 2):
+            batch = batches[i % len(batches)]
+            _sync(trainer.device)
+            t = time.perf_counter()
+            trainer.train_step(batch)
+            _sync(trainer.device)
+            if i >= 2:  # the first steps warm up allocators and kernels
+                times.append(time.perf_counter() - t)
+        return statistics.median(times), str(trainer.device)
+    finally:
+        trainer.close()
+
+
+def _loader_rate(videos, reader, cfg, batches: int) -> float:
+    ds = VideoDataset(videos, "pair", cfg.data.frames, cfg.data.size, reader=reader, flip=False)
+    loader = DataLoader(ds, batch_size=cfg.optim.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
+                        drop_last=True, generator=torch.Generator().manual_seed(0))
+    it = iter(loader)
+    next(it)  # start-up (workers, first open) is not throughput
+    t, n = time.perf_counter(), 0
+    for _ in range(batches):
+        try:
+            raw = next(it)
+        except StopIteration:
+            it = iter(loader)
+            raw = next(it)
+        n += 2 * len(raw["index"])
+    return n / (time.perf_counter() - t)
+
+
+def run_bench(device: str = "cpu", quick: bool = False, work_dir: str | None = None, progress: bool = True) -> dict:
+    from .demo import base_config
+
+    sizes = QUICK if quick else FULL
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        work = Path(tmp)
+        generate(work / "data", sizes["preset"], seed=0, progress=progress)
+        action = train_action_teacher(work / "data" / "stills", work / "action.safetensors",
+                                      input_size=sizes["teacher_input"], epochs=5, progress=False)
+        cfg = base_config(work / "data", _plan(sizes), seed=0)
+        cfg.run.device, cfg.run.teacher_cache = device, False
+        cfg.optim.batch_size, cfg.optim.epochs = sizes["batch"], 50
+        cfg.teachers = [TeacherConfig("imagenet", "efficientnet_lite0", "", 1.0, sizes["teacher_input"]),
+                        TeacherConfig("action", "action", action["path"], 1.0, sizes["teacher_input"])]
+        validate(cfg)
+        student_only = copy.deepcopy(cfg)
+        student_only.teachers = []
+        cached = copy.deepcopy(cfg)
+        cached.run.teacher_cache = True
+        results = {}
+        results["student_step_s"], dev = _step_time(student_only, work, "student", sizes["steps"])
+        results["dtg_online_step_s"], _ = _step_time(cfg, work, "online", sizes["steps"])
+        results["dtg_cached_step_s"], _ = _step_time(cached, work, "cached", sizes["steps"])
+        videos = load_split(cfg.data, "train")
+        results["loader_naive_clips_per_s"] = _loader_rate(videos, get_reader("pyav"), cfg, sizes["loader_batches"])
+        prepare([videos], get_reader("pyav"), work / "prepared", max(cfg.data.size, 48), progress=False)
+        results["loader_fast_clips_per_s"] = _loader_rate(videos, PreparedReader(work / "prepared", work / "data"),
+                                                          cfg, sizes["loader_batches"])
+    results["cached_over_online"] = results["dtg_cached_step_s"] / results["dtg_online_step_s"]
+    results["fast_over_naive"] = results["loader_fast_clips_per_s"] / results["loader_naive_clips_per_s"]
+    results["device"] = dev
+    results["threads"] = torch.get_num_threads()
+    results["config"] = {"quick": quick, "batch_videos": cfg.optim.batch_size, "views": 2, **{
+        k: v for k, v in to_dict(cfg).items() if k in ("data", "student", "teachers")}}
+    return results
+
+
+def _plan(sizes):
+    from .demo import DemoPlan
+
+    return DemoPlan("bench", sizes["frames"], sizes["size"], sizes["batch"], 1, 1, 1, sizes["teacher_input"])
+
+
+def format_table(r: dict) -> str:
+    rows = [("student-only step", f"{r['student_step_s'] * 1000:.0f} ms"),
+            ("DTG step, online teachers", f"{r['dtg_online_step_s'] * 1000:.0f} ms"),
+            ("DTG step, cached teachers", f"{r['dtg_cached_step_s'] * 1000:.0f} ms"),
+            ("cached / online", f"{r['cached_over_online']:.2f}"),
+            ("loader, PyAV per sample", f"{r['loader_naive_clips_per_s']:.1f} clips/s"),
+            ("loader, prepared memory map", f"{r['loader_fast_clips_per_s']:.1f} clips/s"),
+            ("fast / naive", f"{r['fast_over_naive']:.1f}x")]
+    width = max(len(a) for a, _ in rows)
+    head = f"device {r['device']}, {r['threads']} threads, batch {r['config']['batch_videos']} videos x 2 views"
+    return "\n".join([head] + [f"{a:<{width}}  {b:>14}" for a, b in rows])
