@@ -167,6 +167,9 @@ class RunConfig:
     teachers, and refuses it when the teachers, their preprocessing or the videos changed."""
     compile: bool = False
     """Wrap the student in torch.compile."""
+    peak_tflops: float = 0.0
+    """The accelerator's peak dense TFLOP/s in the training precision (e.g. 989 for an H100/H200 in bf16);
+    when set, log.jsonl reports MFU = achieved / peak. Achieved TFLOP/s is always logged."""
     log_every: int = 10
     """Steps between log.jsonl / TensorBoard records."""
     keep_checkpoints: int = 2
@@ -401,6 +404,7 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     _at_least("optim.max_steps", o.max_steps, 0)
     _choice("run.device", r.device, DEVICES)
     _at_least("run.log_every", r.log_every, 1)
+    _at_least("run.peak_tflops", r.peak_tflops, 0.0)
     _at_least("run.keep_checkpoints", r.keep_checkpoints, 1)
     _at_least("run.threads", r.threads, 0)
     _at_least("run.checkpoint_every", r.checkpoint_every, 1)

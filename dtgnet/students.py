@@ -87,6 +87,8 @@ class Video3D(nn.Module):
 
     def forward(self, x):
         v = (x.transpose(1, 2) - self.mean) / self.std  # (B, 3, T, H, W)
+        if v.is_cuda:  # cuDNN's fastest 3D convolutions want channels-last input
+            v = v.contiguous(memory_format=torch.channels_last_3d)
         return self.net(v).flatten(1)  # (B, feature_dim)
 
 

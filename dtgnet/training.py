@@ -290,6 +290,7 @@ class Trainer:
         self.step, self.epoch, self.bad_items, self.items_seen = 0, 0, list(self.list_bad), 0
         self.window: dict = {"loss": []}
         self.last_loss, self.best_loss = None, float("inf")  # logged training loss; best.pt has the lowest
+        self.flops_per_step: float | None = None
         self.weight_history: list[list[float]] = []
         if resume:
             self._resume()
@@ -408,16 +409,18 @@ class Trainer:
 
     def _count_bad(self, raw: dict) -> None:
         new = [tuple(line.split("\t", 1)) for text in raw["bad"] for line in filter(None, text.split("\n"))]
-        counts = torch.tensor([len(raw["index"]), len(new)], device=self.device)
+        seen = len(raw["index"])
         if self.dist.world > 1:  # every rank must take the same stop decision
             import torch.distributed as dist
 
+            counts = torch.tensor([seen, len(new)], device=self.device)
             dist.all_reduce(counts)
-            if counts[1] > 0:
+            seen, n_bad = counts.tolist()
+            if n_bad:
                 gathered: list = [None] * self.dist.world
                 dist.all_gather_object(gathered, new)
                 new = [item for part in gathered for item in part]
-        self.items_seen += int(counts[0])
+        self.items_seen += seen
         for path, reason in new:
             self.bad_items.append((path, reason))
             self.logger.log({"event": "bad_item", "step": self.step, "path": path, "reason": reason})
@@ -451,7 +454,14 @@ class Trainer:
                 for raw in self.loader(start):
                     window["wait"] += time.perf_counter() - t_wait
                     self._count_bad(raw)
-                    out = self.train_step(self.to_batch(raw))
+                    if self.flops_per_step is None and not cfg.run.compile:  # count once, on the first step
+                        from torch.utils.flop_counter import FlopCounterMode
+
+                        with FlopCounterMode(display=False) as counter:
+                            out = self.train_step(self.to_batch(raw))
+                        self.flops_per_step = counter.get_total_flops() * self.dist.world
+                    else:
+                        out = self.train_step(self.to_batch(raw))
                     self.step += 1
                     window["clips"] += len(raw["index"]) * (2 if "b" in raw else 1) * self.dist.world
                     window["loss"].append(out["loss"])
@@ -490,7 +500,10 @@ class Trainer:
         self.last_loss = losses.mean().item()
         record = {"step": self.step, "epoch": self.epoch, "loss": self.last_loss,
                   "lr": self.scheduler.get_last_lr()[0], "clips_per_s": window["clips"] / max(elapsed, 1e-9),
-                  "data_wait_frac": window["wait"] / max(elapsed, 1e-9), "bad_items": len(self.bad_items)}
+                  "data_wait_frac": window["wait"] / max(elapsed, 1e-9), "bad_items": len(self.bad_items),
+                  "tflops": (self.flops_per_step or 0) * len(losses) / max(elapsed, 1e-9) / 1e12}
+        if self.cfg.run.peak_tflops:
+            record["mfu"] = record["tflops"] / self.cfg.run.peak_tflops
         record.update({k: v.item() for k, v in out.items() if k != "loss"})
         if self.teachers:
             record["weights"] = {t.name: w for t, w in zip(self.teachers, weights)}
