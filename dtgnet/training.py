@@ -118,7 +118,7 @@ class ResumableSampler(Sampler):
         return batches[:, self.rank].flatten().tolist()  # (steps * local_batch,)
 
     def __iter__(self):
-        return iter(self._order()[self.start:])
+        return iter([(self.epoch, i) for i in self._order()[self.start:]])
 
     def __len__(self) -> int:
         return self.n // self.global_batch * self.local_batch - self.start
@@ -291,6 +291,7 @@ class Trainer:
         self.window: dict = {"loss": []}
         self.last_loss, self.best_loss = None, float("inf")  # logged training loss; best.pt has the lowest
         self.flops_per_step: float | None = None
+        self._dataloader: DataLoader | None = None
         self.weight_history: list[list[float]] = []
         if resume:
             self._resume()
@@ -393,12 +394,15 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ the loop
     def loader(self, start: int) -> DataLoader:
+        """The run's DataLoader, positioned ``start`` steps into the current epoch. It is built once: the
+        sampler runs in this process and hands (epoch, index) to the workers, so they can persist."""
         self.sampler.set_position(self.epoch, start * self.local_batch)
-        self.dataset.set_epoch(self.epoch)
-        nw = self.cfg.data.num_workers
-        return DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler,
-                          num_workers=nw, drop_last=True, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False, prefetch_factor=4 if nw else None)
+        if self._dataloader is None:
+            nw = self.cfg.data.num_workers
+            self._dataloader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler,
+                                          num_workers=nw, drop_last=True, pin_memory=self.device.type == "cuda",
+                                          persistent_workers=nw > 0, prefetch_factor=4 if nw else None)
+        return self._dataloader
 
     def to_batch(self, raw: dict) -> Batch:
         nb = self.device.type == "cuda"

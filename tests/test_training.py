@@ -190,3 +190,41 @@ def test_disk_teacher_cache_matches_and_detects_staleness(tiny_synth, tmp_path, 
         Trainer(tiny_cfg(root, tmp_path / "s2", **{"run.teacher_cache_dir": cache}), "pretrain", progress=False)
     assert main(["pretrain", *tiny_overrides(root, tmp_path / "s3", **{"run.teacher_cache_dir": cache})]) == 2
     assert "stale teacher cache" in capsys.readouterr().err
+
+
+def test_persistent_workers_reproduce_the_single_process_run(tiny_synth, tmp_path):
+    losses = {}
+    for nw in (0, 2):
+        cfg = tiny_cfg(tiny_synth, tmp_path / f"w{nw}", **{"data.num_workers": nw, "optim.epochs": 2,
+                                                          "optim.max_steps": 8})
+        cfg.teachers = []
+        train(cfg, "pretrain", progress=False)  # 6 steps per epoch: crosses an epoch boundary
+        losses[nw] = [r["loss"] for r in read_log(tmp_path / f"w{nw}" / "log.jsonl") if "loss" in r]
+    assert len(losses[0]) == 8 and losses[0] == pytest.approx(losses[2], rel=1e-6)
+
+
+def test_cached_and_online_teachers_give_the_same_loss_on_clean_views(tiny_synth, tmp_path):
+    """Cached teachers embed the clean frames; fed the same clean frames, online teachers must agree."""
+    from dtgnet.data.dataset import VideoDataset
+    from dtgnet.data.sampling import tsn_indices
+    from dtgnet.training import Batch
+
+    losses = {}
+    for cached in (False, True):
+        cfg = tiny_cfg(tiny_synth, tmp_path / f"c{cached}", **{"run.teacher_cache": cached, "data.size": 32,
+                                                                 "teachers.0.input_size": 32})
+        tr = Trainer(cfg, "pretrain", progress=False)
+        try:
+            ev = VideoDataset(tr.videos, "eval", 2, 32, clips=2, entries=tr.dataset.entries)
+            items = [ev[i] for i in range(4)]
+            clips = torch.stack([it["clips"] for it in items])  # (B, 2 clips, T, 3, 32, 32)
+            counts = [tr.dataset.reader.info(tr.videos.full_path(e)).num_frames for e in tr.dataset.entries[:4]]
+            frames = torch.stack([torch.from_numpy(np.stack([tsn_indices(n, 2, None, c, 2) for c in range(2)]))
+                                  for n in counts])  # (B, 2 clips, T): the frames each clip shows
+            batch = Batch(clips[:, 0], clips[:, 1], torch.zeros(4, dtype=torch.long), torch.arange(4),
+                          frames[:, 0], frames[:, 1])
+            losses[cached] = tr.train_step(batch)
+        finally:
+            tr.close()
+    for key in ("loss", "teacher/imagenet", "self"):
+        assert losses[True][key].item() == pytest.approx(losses[False][key].item(), rel=2e-3), key

@@ -45,20 +45,16 @@ class VideoDataset(Dataset):
         self.reader = reader if reader is not None else get_reader(backend)
         self.train_tf = train_transform(size, flip=flip, strong=strong_aug)
         self.eval_tf = eval_transform(size)
-        self.epoch = 0
         self._num_frames: dict[int, int] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def labels(self) -> np.ndarray:
         return np.array([e.label for e in self.entries])
 
-    def _rng(self, index: int, attempt: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, index, attempt])
+    def _rng(self, epoch: int, index: int, attempt: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, epoch, index, attempt])
 
     def _load(self, index: int, rng: np.random.Generator) -> dict:
         entry = self.entries[index]
@@ -85,11 +81,14 @@ class VideoDataset(Dataset):
             item["b"], item["frames_b"] = seqs[1], torch.from_numpy(idx[1])
         return item
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``key``: a video index, or ``(epoch, index)`` as :class:`~dtgnet.training.ResumableSampler` yields, so
+        persistent DataLoader workers need no epoch update of their copy of the dataset."""
+        epoch, index = key if isinstance(key, tuple) else (0, key)
         bad = []
         current = index
         for attempt in range(MAX_REPLACEMENTS + 1):
-            rng = self._rng(current, attempt)
+            rng = self._rng(epoch, current, attempt)
             try:
                 item = self._load(current, rng)
                 item["bad"] = "\n".join(bad)
@@ -97,7 +96,7 @@ class VideoDataset(Dataset):
             except VideoDecodeError as e:
                 bad.append(f"{e.path}\t{e.reason}")
                 # a replacement drawn from the item's own seed keeps runs reproducible
-                current = int(np.random.default_rng([self.seed, self.epoch, index, attempt, 7]).integers(len(self)))
+                current = int(np.random.default_rng([self.seed, epoch, index, attempt, 7]).integers(len(self)))
         raise TooManyBadItems(f"{MAX_REPLACEMENTS + 1} videos in a row failed to load; last: {bad[-1]}")
 
 
