@@ -20,10 +20,10 @@ import torch
 from .config import Config, TeacherConfig, validate
 from .data.synth import generate
 from .errors import DtgError
-from .evaluation import evaluate_model, extract, _eval_dataset, video_embeddings
+from .evaluation import eval_dataset, evaluate_model, extract, video_embeddings
 from .students import load_student
 from .teachers import train_action_teacher
-from .training import train
+from .training import pick_device, train
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,7 @@ def run_demo(out, quick: bool = False, seed: int = 0, force: bool = False, progr
         return r
 
     data_dir, runs = out / "data", out / "runs"
+    device = pick_device("auto")
     synth = timed("synth", generate, data_dir, plan.preset, seed, progress)
     action = timed("action_teacher", train_action_teacher, data_dir / "stills", out / "teachers" / "action.safetensors",
                    input_size=plan.teacher_input, seed=seed, progress=progress)
@@ -132,8 +133,8 @@ def run_demo(out, quick: bool = False, seed: int = 0, force: bool = False, progr
     for name, cfg in finetunes.items():
         timed(f"{name}_finetune", train, cfg, "finetune", str(inits[name]) if name in inits else None,
               progress=progress)
-        model = load_student(Path(cfg.run.out) / "student.safetensors")
-        res = timed(f"{name}_eval", evaluate_model, model, cfg, "finetune")
+        model = load_student(Path(cfg.run.out) / "student.safetensors", device)
+        res = timed(f"{name}_eval", evaluate_model, model, cfg, "finetune", device)
         results[name] = {"top1": res["video_top1"], "clip_top1": res["clip_top1"],
                          "label_fraction": cfg.data.label_fraction, "frames": cfg.data.frames,
                          "predictions": res["predictions"], "labels": res["labels"]}
@@ -141,12 +142,12 @@ def run_demo(out, quick: bool = False, seed: int = 0, force: bool = False, progr
     embeddings = {}
     for name in ("dtg", "ssl"):
         cfg = jobs[f"{name}_pretrain"][1]
-        model = load_student(Path(cfg.run.out) / "student.safetensors")
-        knn = evaluate_model(model, cfg, "knn")
-        rec = evaluate_model(model, cfg, "retrieval")
+        model = load_student(Path(cfg.run.out) / "student.safetensors", device)
+        knn = evaluate_model(model, cfg, "knn", device)
+        rec = evaluate_model(model, cfg, "retrieval", device)
         results[name].update({"knn_top1": knn["top1"], **{f"retrieval_{k}": v for k, v in rec.items()}})
         if name == "dtg":
-            test = extract(model, _eval_dataset(cfg, "test", model), "cpu")
+            test = extract(model, eval_dataset(cfg, "test", model), device)
             embeddings = {"x": video_embeddings(test["feats"]).tolist(), "labels": test["labels"].tolist()}
     metrics = {name: json.loads((runs / f"{name}_pretrain" / "metrics.json").read_text()) for name in ("dtg", "ssl")}
     summary = {
@@ -156,7 +157,7 @@ def run_demo(out, quick: bool = False, seed: int = 0, force: bool = False, progr
         "data": {"preset": synth["preset"], "classes": synth["classes"], "videos": synth["videos"],
                  "stills": synth["stills"]},
         "plan": plan.__dict__, "timings_s": timings, "seconds": round(time.time() - t0, 1),
-        "machine": {"threads": torch.get_num_threads(), "device": "cpu"},
+        "machine": {"threads": torch.get_num_threads(), "device": str(device)},
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     classes = (data_dir / "classes.txt").read_text().split()

@@ -93,7 +93,7 @@ def linear_probe(train_x, train_y, test_x, test_y, seed: int = 0) -> float:
     return float((clf.predict(scaler.transform(test_x.numpy())) == test_y.numpy()).mean())
 
 
-def _eval_dataset(cfg, subset: str, model: DTGStudent) -> VideoDataset:
+def eval_dataset(cfg, subset: str, model: DTGStudent) -> VideoDataset:
     videos = load_split(cfg.data, subset)
     entries = [e for e in videos.good if e.label >= 0]
     if not entries:
@@ -108,7 +108,7 @@ def evaluate_model(model: DTGStudent, cfg, protocol: str, device="cpu", progress
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
     model = model.to(device)
-    test = extract(model, _eval_dataset(cfg, test_subset, model), device, progress=progress, desc=f"{test_subset} clips")
+    test = extract(model, eval_dataset(cfg, test_subset, model), device, progress=progress, desc=f"{test_subset} clips")
     if protocol == "finetune":
         if test["logits"] is None:
             raise CheckpointError("protocol finetune needs a fine-tuned checkpoint (it has no classifier); "
@@ -117,7 +117,7 @@ def evaluate_model(model: DTGStudent, cfg, protocol: str, device="cpu", progress
         out["top1"] = out["video_top1"]
         out["labels"] = test["labels"].tolist()
         return out
-    train = extract(model, _eval_dataset(cfg, "train", model), device, progress=progress, desc="train clips")
+    train = extract(model, eval_dataset(cfg, "train", model), device, progress=progress, desc="train clips")
     tr_x, te_x = video_embeddings(train["feats"]), video_embeddings(test["feats"])
     tr_y, te_y = train["labels"], test["labels"]
     if protocol == "knn":

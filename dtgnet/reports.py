@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,7 @@ def _plots(out: Path, summary: dict, results: dict, classes: list[str], embeddin
     figs.append(("loss_curves.png", "Pre-training loss (DTG: self term + weighted teacher terms; SSL: self term)"))
     fig.tight_layout(), fig.savefig(plot_dir / figs[-1][0], dpi=110), plt.close(fig)
 
-    history = np.array(__import__("json").loads((runs / "dtg_pretrain" / "metrics.json").read_text())
-                       ["teacher_weight_history"])
+    history = np.array(json.loads((runs / "dtg_pretrain" / "metrics.json").read_text())["teacher_weight_history"])
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if history.size:
         for i, name in enumerate(summary["teacher_weights"]):
@@ -91,23 +91,21 @@ def _plots(out: Path, summary: dict, results: dict, classes: list[str], embeddin
 def write_report(out: Path, summary: dict, results: dict, classes: list[str], embeddings: dict, runs: Path) -> None:
     figs = _plots(out, summary, results, classes, embeddings, runs)
     rows = [("model", "test top-1 (video)", "test top-1 (clip)", "labels", "kNN top-1", "R@1", "R@5")]
+    def pct(r, key):
+        return f"{100 * r[key]:.1f}" if key in r else "–"
+
     for n in ORDER:
-        if n not in results:
-            continue
-        r = results[n]
-
-        def pct(key):
-            return f"{100 * r[key]:.1f}" if key in r else "–"
-
-        rows.append((LABELS[n], pct("top1"), pct("clip_top1"), f"{100 * r['label_fraction']:.0f} %",
-                     pct("knn_top1"), pct("retrieval_R@1"), pct("retrieval_R@5")))
+        if n in results:
+            r = results[n]
+            rows.append((LABELS[n], pct(r, "top1"), pct(r, "clip_top1"), f"{100 * r['label_fraction']:.0f} %",
+                         pct(r, "knn_top1"), pct(r, "retrieval_R@1"), pct(r, "retrieval_R@5")))
     d = summary["data"]
     intro = (f"SynthActions `{d['preset']}`: {d['classes']} classes in time-reversed pairs, "
              f"{d['videos']['train']} train / {d['videos']['val']} val / {d['videos']['test']} test videos, "
              f"{d['stills']} stills. Action teacher (trained on the stills): val accuracy "
              f"{100 * summary['action_teacher']['val_acc']:.1f} %. Final teacher weights: "
              + ", ".join(f"{k} {v:.3f}" for k, v in summary["teacher_weights"].items())
-             + f". Wall time {summary['seconds']:.0f} s on the CPU ({summary['machine']['threads']} threads).")
+             + f". Wall time {summary['seconds']:.0f} s on {summary['machine']['device']} ({summary['machine']['threads']} CPU threads).")
     md = ["# dtgnet demo report", "", intro, "",
           "| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     md += ["| " + " | ".join(r) + " |" for r in rows[1:]]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dtgnet.cli import main
-from dtgnet.config import TeacherConfig, load_config
+from dtgnet.config import load_config
 from dtgnet.errors import TooManyBadItems
 from dtgnet.runlog import RunDir, RunDirError, read_log
 from dtgnet.students import load_student

@@ -7,6 +7,7 @@ leaves the data root is kept with ``problem`` set, so `scan` reports it and trai
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,10 +198,11 @@ def parse_kinetics(csv_path: Path, root: Path, classes: list[str] | None = None)
     return out
 
 
-def parse_folders(root: Path, subdir: str = "", frames: bool = False,
+def parse_folders(root: Path, base: Path | None = None, frames: bool = False,
                   classes: list[str] | None = None) -> VideoList:
-    """``root/[subdir/]<class>/<video file>`` (or ``<class>/<frame folder>/`` when ``frames``)."""
-    base = root / subdir if subdir else root
+    """``base/<class>/<video file>`` (or ``<class>/<frame folder>/`` when ``frames``); ``base`` (default: the
+    root) lies inside ``root``, and paths are stored relative to ``root``."""
+    base = base if base is not None else root
     if not base.is_dir():
         raise DataError(f"{base}: class-folder directory not found")
     found = sorted(p.name for p in base.iterdir() if p.is_dir())
@@ -214,7 +216,7 @@ def parse_folders(root: Path, subdir: str = "", frames: bool = False,
             continue
         for p in sorted(folder.iterdir()):
             if (frames and p.is_dir()) or (not frames and p.suffix.lower() in VIDEO_SUFFIXES):
-                out.entries.append(Entry(str(p.relative_to(root)), label))
+                out.entries.append(Entry(os.path.relpath(p, root), label))
     return out
 
 
@@ -236,6 +238,6 @@ def load_split(data_cfg, subset: str) -> VideoList:
     if fmt == "kinetics":
         return parse_kinetics(lp, root, classes)
     if fmt in ("folders", "frames") and (lp.is_dir() or (root / list_value).is_dir()):
-        sub = str(lp.relative_to(root)) if lp.is_dir() and root in lp.resolve().parents else list_value
-        return parse_folders(root, sub, frames=(fmt == "frames"), classes=classes)
+        base = lp if lp.is_dir() else root / list_value
+        return parse_folders(root, base, frames=(fmt == "frames"), classes=classes)
     return parse_list(lp, root, classes)

@@ -5,7 +5,7 @@ import torch
 from dtgnet.data.dataset import VideoDataset, stratified_subset
 from dtgnet.data.lists import parse_list, read_classes
 from dtgnet.data.sampling import clip_indices, tsn_indices
-from dtgnet.data.transforms import to_tensor, train_transform
+from dtgnet.data.transforms import train_transform
 from dtgnet.errors import TooManyBadItems
 
 
