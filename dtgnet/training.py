@@ -451,7 +451,7 @@ class Trainer:
                 self.logger.log({"event": "bad_item", "step": 0, "path": path, "reason": reason})
             bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.mode} {self.out.name}",
                        disable=not self.progress, unit="step", dynamic_ncols=True)
-            window = self.window = {"t0": time.perf_counter(), "wait": 0.0, "clips": 0, "loss": []}
+            window = self.window = {"t0": time.perf_counter(), "wait": 0.0, "clips": 0, "loss": [], "weights": []}
             while self.step < self.total_steps:
                 start = self.step - self.epoch * self.steps_per_epoch
                 t_wait = time.perf_counter()
@@ -469,6 +469,8 @@ class Trainer:
                     self.step += 1
                     window["clips"] += len(raw["index"]) * (2 if "b" in raw else 1) * self.dist.world
                     window["loss"].append(out["loss"])
+                    if self.teachers:  # every step's effective weights, read back at the next log step
+                        window["weights"].append(self.weighting.weights().detach())
                     bar.update(1)
                     if self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
                         self._log_window(out, window, bar)
@@ -499,8 +501,11 @@ class Trainer:
         self._check_finite()
         losses = torch.stack(window["loss"]).float()
         elapsed = time.perf_counter() - window["t0"]
+        if window["weights"]:
+            per_step = torch.stack(window["weights"]).float().cpu().tolist()  # (steps, K)
+            first = self.step - len(per_step) + 1
+            self.weight_history += [[first + i] + w for i, w in enumerate(per_step)]
         weights = self.weighting.weights().detach().float().cpu().tolist()
-        self.weight_history.append([self.step] + weights)
         self.last_loss = losses.mean().item()
         record = {"step": self.step, "epoch": self.epoch, "loss": self.last_loss,
                   "lr": self.scheduler.get_last_lr()[0], "clips_per_s": window["clips"] / max(elapsed, 1e-9),
@@ -513,7 +518,7 @@ class Trainer:
             record["weights"] = {t.name: w for t, w in zip(self.teachers, weights)}
         self.logger.log(record, step=self.step)
         bar.set_postfix(loss=f"{record['loss']:.3f}", clips_s=f"{record['clips_per_s']:.1f}")
-        window.update(t0=time.perf_counter(), wait=0.0, clips=0, loss=[])
+        window.update(t0=time.perf_counter(), wait=0.0, clips=0, loss=[], weights=[])
 
     def _finish(self) -> dict:
         weights = self.weighting.weights().detach().float().cpu().tolist()

@@ -228,3 +228,11 @@ def test_cached_and_online_teachers_give_the_same_loss_on_clean_views(tiny_synth
             tr.close()
     for key in ("loss", "teacher/imagenet", "self"):
         assert losses[True][key].item() == pytest.approx(losses[False][key].item(), rel=2e-3), key
+
+
+def test_teacher_weights_recorded_every_step(tiny_synth, tmp_path):
+    cfg = tiny_cfg(tiny_synth, tmp_path / "w", **{"loss.weighting": "adaptive", "run.log_every": 2,
+                                                   "optim.max_steps": 5, "optim.epochs": 1})
+    metrics = train(cfg, "pretrain", progress=False)
+    history = metrics["teacher_weight_history"]
+    assert [row[0] for row in history] == [1, 2, 3, 4, 5] and all(len(row) == 2 for row in history)
