@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     ttrain.add_argument("--epochs", type=int, default=30, help="training epochs of the head")
     ttrain.add_argument("--input-size", type=int, default=96, help="image side given to the backbone")
     ttrain.add_argument("--seed", type=int, default=0, help="random seed")
+    ttrain.add_argument("--finetune-blocks", type=int, default=0,
+                        help="also fine-tune the backbone's last N blocks (0: frozen backbone, head only)")
 
     tcache = tsub.add_parser("cache", help="embed every training frame once per teacher, to disk",
                              description="Write each configured teacher's per-frame embeddings of the training "
@@ -198,8 +200,10 @@ def _cmd_teacher(args) -> int:
         raise DtgError(f"--epochs must be >= 1, got {args.epochs}")
     if args.input_size < 32:
         raise DtgError(f"--input-size must be >= 32, got {args.input_size}")
+    if not 0 <= args.finetune_blocks <= 16:
+        raise DtgError(f"--finetune-blocks must be in [0, 16], got {args.finetune_blocks}")
     r = train_action_teacher(args.images_dir, args.out, input_size=args.input_size, epochs=args.epochs,
-                             seed=args.seed)
+                             seed=args.seed, finetune_blocks=args.finetune_blocks)
     print(f"action teacher: {r['classes']} classes, {r['images']} images, train acc {r['train_acc']:.3f}, "
           f"val acc {r['val_acc']:.3f} -> {r['path']}")
     return 0

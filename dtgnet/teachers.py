@@ -261,16 +261,36 @@ def _image_folder(images_dir: Path) -> tuple[list[Path], list[int], list[str]]:
     return paths, labels, classes
 
 
+def _load_images(paths: list[Path], size: int, progress: bool) -> torch.Tensor:
+    """``(N, 3, size, size)`` float images in [0, 1]; an unreadable file is a DataError naming it."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    from .errors import DataError
+
+    out = []
+    for p in tqdm(paths, desc="load stills", disable=not progress, unit="image"):
+        try:
+            with Image.open(p) as im:
+                img = torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).float()[None] / 255
+        except Exception as e:
+            raise DataError(f"{p}: unreadable image ({type(e).__name__})") from None
+        out.append(F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0])
+    return torch.stack(out)
+
+
 def train_action_teacher(images_dir, out, input_size: int = 96, hidden: int = 256, epochs: int = 30,
-                         lr: float = 3e-3, val_fraction: float = 0.15, seed: int = 0,
+                         lr: float = 3e-3, val_fraction: float = 0.15, seed: int = 0, finetune_blocks: int = 0,
                          progress: bool = True) -> dict:
     """Train an image-based action teacher on still images in class folders (Stanford40 / BU101 layout).
 
-    The ImageNet trunk (bundled EfficientNet-Lite0) stays frozen; its features of each image and of its
-    mirror image are computed once, then an MLP head is trained on them. Writes a safetensors file that a
-    config names with ``source: action``. Returns train/val accuracy.
+    The ImageNet trunk is the bundled EfficientNet-Lite0. With ``finetune_blocks=0`` it stays frozen: its
+    features of every image and its mirror image are computed once and an MLP head is trained on them (fast
+    on a CPU). With ``finetune_blocks=N`` the last N blocks and the head convolution are fine-tuned too, end
+    to end on randomly mirrored images, at a tenth of the head's learning rate. Holds out ``val_fraction``
+    of the images, writes a safetensors file that a config names with ``source: action``, and returns
+    train/val accuracy.
     """
-    from PIL import Image
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -278,47 +298,56 @@ def train_action_teacher(images_dir, out, input_size: int = 96, hidden: int = 25
     paths, labels, classes = _image_folder(images_dir)
     torch.manual_seed(seed)
     random.seed(seed)
-    trunk = efficientnet_lite0()
-    trunk.eval()
-    teacher = Teacher("trunk", trunk, input_size, LITE_MEAN, LITE_STD, 1280)
-    feats, flipped = [], []
-    batch = 64
-    for i in tqdm(range(0, len(paths), batch), desc="teacher features", disable=not progress, unit="batch"):
-        imgs = []
-        for p in paths[i:i + batch]:
-            try:
-                with Image.open(p) as im:
-                    imgs.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).float() / 255)
-            except Exception as e:
-                from .errors import DataError
-
-                raise DataError(f"{p}: unreadable image ({type(e).__name__})") from None
-        x = torch.stack([F.interpolate(im[None], size=(input_size, input_size), mode="bilinear",
-                                       antialias=True, align_corners=False)[0] for im in imgs])
-        feats.append(teacher.embed_frames(x))
-        flipped.append(teacher.embed_frames(x.flip(-1)))
-    feats, flipped = torch.cat(feats), torch.cat(flipped)  # (N, 1280) each
+    images = _load_images(paths, input_size, progress)  # (N, 3, S, S)
     y = torch.tensor(labels)
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
     n_val = max(len(classes), int(val_fraction * len(y)))
     val_idx, train_idx = perm[:n_val], perm[n_val:]
+    trunk = efficientnet_lite0()
     enc = ActionEncoder(trunk, len(classes), hidden)
-    params = list(enc.hidden.parameters()) + list(enc.out.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-3)
-    x_train = torch.cat([feats[train_idx], flipped[train_idx]])
-    y_train = torch.cat([y[train_idx], y[train_idx]])
-    steps = epochs * max(1, len(y_train) // 64)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
-    enc.train()
+    mean, std = torch.tensor(LITE_MEAN).view(1, 3, 1, 1), torch.tensor(LITE_STD).view(1, 3, 1, 1)
+
+    def trunk_features(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([trunk((x[i:i + 64] - mean) / std) for i in range(0, len(x), 64)])
+
+    tuned: list[nn.Parameter] = []
+    net = trunk.net
+    for p in net.parameters():
+        p.requires_grad_(False)
+    if finetune_blocks:
+        for module in [*net._blocks[-finetune_blocks:], net._conv_head, net._bn1]:
+            for p in module.parameters():
+                p.requires_grad_(True)
+                tuned.append(p)
+    head = list(enc.hidden.parameters()) + list(enc.out.parameters())
+    opt = torch.optim.AdamW([{"params": head, "lr": lr}, {"params": tuned, "lr": lr / 10}], weight_decay=1e-3)
+    batch = 64 if not finetune_blocks else 32
+    n_train = 2 * len(train_idx) if not finetune_blocks else len(train_idx)
+    steps = epochs * max(1, n_train // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[lr, lr / 10], total_steps=steps)
+    if not finetune_blocks:  # frozen trunk: features of each image and its mirror, once
+        trunk.eval()
+        with torch.no_grad():
+            x_train = torch.cat([trunk_features(images[train_idx]), trunk_features(images[train_idx].flip(-1))])
+        y_train = torch.cat([y[train_idx], y[train_idx]])
     g = torch.Generator().manual_seed(seed)
     step = 0
+    enc.train()
     for _ in tqdm(range(epochs), desc="action teacher", disable=not progress, unit="epoch"):
-        order = torch.randperm(len(y_train), generator=g)
-        for j in range(0, len(order) - 63 if len(order) >= 64 else 1, 64):
+        trunk.train(bool(finetune_blocks))
+        order = torch.randperm(n_train, generator=g)
+        for j in range(0, max(1, n_train - batch + 1), batch):
             if step >= steps:
                 break
-            idx = order[j:j + 64]
-            loss = F.cross_entropy(enc.classify_features(x_train[idx]), y_train[idx])
+            idx = order[j:j + batch]
+            if finetune_blocks:
+                x = images[train_idx[idx]]
+                flip = torch.rand(len(x), generator=g) < 0.5
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+                feats, target = trunk((x - mean) / std), y[train_idx[idx]]
+            else:
+                feats, target = x_train[idx], y_train[idx]
+            loss = F.cross_entropy(enc.classify_features(feats), target)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -326,6 +355,7 @@ def train_action_teacher(images_dir, out, input_size: int = 96, hidden: int = 25
             step += 1
     enc.eval()
     with torch.no_grad():
+        feats = trunk_features(images)
         train_acc = (enc.classify_features(feats[train_idx]).argmax(1) == y[train_idx]).float().mean().item()
         val_acc = (enc.classify_features(feats[val_idx]).argmax(1) == y[val_idx]).float().mean().item()
     out.parent.mkdir(parents=True, exist_ok=True)

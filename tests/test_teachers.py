@@ -102,3 +102,16 @@ def test_unsafe_pickle_is_refused_and_never_runs(tmp_path):
     with pytest.raises(CheckpointError, match="weights_only"):
         safe_torch_load(path)
     assert not marker.exists()
+
+
+def test_action_teacher_fine_tunes_backbone_blocks(tiny_synth, tmp_path):
+    from dtgnet.cli import main
+
+    out = tmp_path / "ft.safetensors"
+    assert main(["teacher", "train", str(tiny_synth / "stills"), "--out", str(out), "--epochs", "2",
+                 "--input-size", "32", "--finetune-blocks", "2"]) == 0
+    enc, _ = load_action_teacher(out)
+    frozen = efficientnet_lite0()
+    tuned_last = enc.trunk.net._blocks[-1]._project_conv.weight
+    assert not torch.equal(tuned_last, frozen.net._blocks[-1]._project_conv.weight)  # fine-tuned
+    torch.testing.assert_close(enc.trunk.net._conv_stem.weight, frozen.net._conv_stem.weight)  # kept frozen
