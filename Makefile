@@ -13,10 +13,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/dtgnet demo --out demo_out
+	$(VENV)/bin/dtgnet demo --force --out demo_out
 
 demo-quick: $(STAMP)
-	$(VENV)/bin/dtgnet demo --quick --out demo_out
+	$(VENV)/bin/dtgnet demo --quick --force --out demo_out
 
 test: $(STAMP)
 	$(PY) -m pytest
