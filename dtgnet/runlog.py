@@ -28,6 +28,7 @@ class RunDir:
             shutil.rmtree(self.path)
         if resume and not (self.path / "checkpoints" / "last.pt").is_file():
             raise RunDirError(f"{self.path}: nothing to resume (no checkpoints/last.pt)")
+        self.fresh = not resume
         self.path.mkdir(parents=True, exist_ok=True)
         self.ckpt_dir = self.path / "checkpoints"
         self.ckpt_dir.mkdir(exist_ok=True)
@@ -42,6 +43,13 @@ class RunDir:
         if not self._lock.closed:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
+
+    def discard(self) -> None:
+        """Remove a directory this run created when it failed before writing a checkpoint, so the same
+        command can simply be run again."""
+        self.close()
+        if self.fresh and not any(self.ckpt_dir.glob("*.pt")):
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 def _clean(value):

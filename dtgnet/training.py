@@ -196,6 +196,8 @@ class Trainer:
             self._setup(init, resume)
         except BaseException:
             self.close()
+            if self.run_dir is not None:
+                self.run_dir.discard()
             raise
 
     def _agree(self, failure: DtgError | None) -> None:

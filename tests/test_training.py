@@ -236,3 +236,10 @@ def test_teacher_weights_recorded_every_step(tiny_synth, tmp_path):
     metrics = train(cfg, "pretrain", progress=False)
     history = metrics["teacher_weight_history"]
     assert [row[0] for row in history] == [1, 2, 3, 4, 5] and all(len(row) == 2 for row in history)
+
+
+def test_failed_setup_leaves_no_run_dir(tiny_synth, tmp_path, capsys):
+    ov = tiny_overrides(tiny_synth, tmp_path / "f", **{"optim.batch_size": 64})  # more than the 24 videos
+    assert main(["pretrain", *ov]) == 2
+    assert "fewer than optim.batch_size=64" in capsys.readouterr().err
+    assert not (tmp_path / "f").exists()  # the corrected command can simply run again
