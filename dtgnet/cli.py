@@ -313,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     except DtgError as e:
         print(f"dtgnet: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # unwritable output, full disk: the user's to fix, not a crash
+        print(f"dtgnet: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("dtgnet: interrupted", file=sys.stderr)
         return 130

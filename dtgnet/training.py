@@ -547,11 +547,3 @@ def train(cfg: Config, mode: str, init: str | None = None, resume: bool = False,
     """Run one training job; returns its metrics (also written to ``run.out/metrics.json``)."""
     return Trainer(cfg, mode, init, resume, force, progress).fit()
 
-
-def load_run_config(run_dir) -> Config:
-    from .config import load_config
-
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise DataError(f"{run_dir}: no config.yaml (not a dtgnet run directory)")
-    return load_config(path)

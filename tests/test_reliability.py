@@ -126,6 +126,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_synth, tmp_pa
     (["teacher", "train", "/nonexistent", "--out", "/tmp/x.safetensors"], "nonexistent"),
     (["data", "scan", "/nonexistent.txt", "--root", "/", "--out", "/tmp/m.json"], "nonexistent.txt"),
     (["data", "scan", "/nonexistent.txt", "--root", "/", "--out", "/tmp/m.json", "--format", "avi"], "data.format"),
+    (["data", "synth", "/proc/dtgnet-unwritable"], "/proc/dtgnet-unwritable"),
 ])
 def test_cli_rejects_bad_input_with_one_line(args, needle, capsys):
     assert main(args) == 2
