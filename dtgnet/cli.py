@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dtgnet", description="DTG-Net: video action recognition guided by frozen image teachers.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = sub.add_parser("data", help="generate, scan and summarise datasets",
-                          description="Generate SynthActions, or scan a list for bad videos.")
+    data = sub.add_parser("data", help="generate, scan and prepare datasets",
+                          description="Generate SynthActions, scan a list for bad videos, or decode a dataset "
+                                      "once into a fast memory map.")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     synth = dsub.add_parser("synth", help="write the SynthActions benchmark",
                             description="Write SynthActions (mp4 videos, lists, stills) under OUT.")
@@ -58,8 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--out", required=True, help="output directory")
     prep.add_argument("--size", type=int, default=0, help="stored frame side (default: data.size * 8/7)")
 
-    teacher = sub.add_parser("teacher", help="train an image-based action teacher",
-                             description="Teachers: train an image-based action teacher from still images.")
+    teacher = sub.add_parser("teacher", help="train an image-based action teacher, cache teacher features",
+                             description="Train an image-based action teacher from still images, or write the "
+                                         "configured teachers' per-frame embeddings to disk.")
     tsub = teacher.add_subparsers(dest="teacher_command", required=True, metavar="TEACHER_COMMAND")
     ttrain = tsub.add_parser("train", help="fine-tune an ImageNet backbone on still images in class folders",
                              description="Train on IMAGES_DIR/<class>/*.jpg|png (Stanford40 / BU101 layout); "

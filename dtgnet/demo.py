@@ -20,7 +20,7 @@ import torch
 from .config import Config, TeacherConfig, validate
 from .data.synth import generate
 from .errors import DtgError
-from .evaluation import eval_dataset, evaluate_model, extract, video_embeddings
+from .evaluation import eval_dataset, evaluate_model, extract, frozen_feature_scores
 from .students import load_student
 from .teachers import train_action_teacher
 from .training import pick_device, train
@@ -143,12 +143,12 @@ def run_demo(out, quick: bool = False, seed: int = 0, force: bool = False, progr
     for name in ("dtg", "ssl"):
         cfg = jobs[f"{name}_pretrain"][1]
         model = load_student(Path(cfg.run.out) / "student.safetensors", device)
-        knn = evaluate_model(model, cfg, "knn", device)
-        rec = evaluate_model(model, cfg, "retrieval", device)
-        results[name].update({"knn_top1": knn["top1"], **{f"retrieval_{k}": v for k, v in rec.items()}})
+        train_f, test_f = (extract(model, eval_dataset(cfg, subset, model), device) for subset in ("train", "test"))
+        scores = frozen_feature_scores(train_f, test_f)  # features extracted once for kNN, retrieval and the map
+        results[name].update({"knn_top1": scores["knn_top1"],
+                              **{f"retrieval_{k}": v for k, v in scores.items() if k.startswith("R@")}})
         if name == "dtg":
-            test = extract(model, eval_dataset(cfg, "test", model), device)
-            embeddings = {"x": video_embeddings(test["feats"]).tolist(), "labels": test["labels"].tolist()}
+            embeddings = {"x": scores["test_x"].tolist(), "labels": test_f["labels"].tolist()}
     metrics = {name: json.loads((runs / f"{name}_pretrain" / "metrics.json").read_text()) for name in ("dtg", "ssl")}
     summary = {
         **{k: {kk: vv for kk, vv in v.items() if kk not in ("predictions", "labels")} for k, v in results.items()},

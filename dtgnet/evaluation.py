@@ -118,13 +118,20 @@ def evaluate_model(model: DTGStudent, cfg, protocol: str, device="cpu", progress
         out["labels"] = test["labels"].tolist()
         return out
     train = extract(model, eval_dataset(cfg, "train", model), device, progress=progress, desc="train clips")
+    if protocol == "linear":
+        return {"top1": linear_probe(train["feats"].mean(1), train["labels"], test["feats"].mean(1),
+                                     test["labels"], cfg.run.seed)}
+    res = frozen_feature_scores(train, test)
+    return {"top1": res["knn_top1"]} if protocol == "knn" else {k: res[k] for k in res if k.startswith("R@")}
+
+
+def frozen_feature_scores(train: dict, test: dict) -> dict:
+    """kNN top-1 and retrieval R@k from one extraction of train and test features (:func:`extract` output),
+    plus the test videos' unit embeddings ``test_x`` ``(N, D)`` for plots."""
     tr_x, te_x = video_embeddings(train["feats"]), video_embeddings(test["feats"])
     tr_y, te_y = train["labels"], test["labels"]
-    if protocol == "knn":
-        return {"top1": knn_accuracy(tr_x, tr_y, te_x, te_y)}
-    if protocol == "retrieval":
-        return retrieval_recall(tr_x, tr_y, te_x, te_y)
-    return {"top1": linear_probe(train["feats"].mean(1), tr_y, test["feats"].mean(1), te_y, cfg.run.seed)}
+    return {"knn_top1": knn_accuracy(tr_x, tr_y, te_x, te_y), **retrieval_recall(tr_x, tr_y, te_x, te_y),
+            "test_x": te_x}
 
 
 def split_config(cfg, split: int):

@@ -530,16 +530,10 @@ class Trainer:
                    "bad_items": [{"path": p, "reason": r} for p, r in self.bad_items],
                    "teacher_weights": {t.name: w for t, w in zip(self.teachers, weights)},
                    "teacher_weight_history": self.weight_history,
-                   "final_loss": self._last_loss()}
+                   "final_loss": self.last_loss}
         save_student_safetensors(self.model, self.out / "student.safetensors", self._meta())
         (self.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
         return metrics
-
-    def _last_loss(self):
-        from .runlog import read_log
-
-        losses = [r["loss"] for r in read_log(self.out / "log.jsonl") if "loss" in r]
-        return losses[-1] if losses else None
 
 
 def train(cfg: Config, mode: str, init: str | None = None, resume: bool = False, force: bool = False,
