@@ -78,7 +78,7 @@ def _loader_rate(videos, reader, cfg, batches: int) -> float:
 
 
 def run_bench(device: str = "cpu", quick: bool = False, work_dir: str | None = None, progress: bool = True) -> dict:
-    from .demo import base_config
+    from .recipes import base_config
 
     sizes = QUICK if quick else FULL
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -115,9 +115,9 @@ def run_bench(device: str = "cpu", quick: bool = False, work_dir: str | None = N
 
 
 def _plan(sizes):
-    from .demo import DemoPlan
+    from .recipes import Sizes
 
-    return DemoPlan("bench", sizes["frames"], sizes["size"], sizes["batch"], 1, 1, 1, sizes["teacher_input"])
+    return Sizes("bench", sizes["frames"], sizes["size"], sizes["batch"], 1, 1, 1, sizes["teacher_input"])
 
 
 def format_table(r: dict) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -99,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "default: data.split")
     ev.add_argument("--json", help="also write the results to this file")
 
+    study = sub.add_parser(
+        "study", help="efficacy study on SynthActions: every baseline, teacher and weighting, 3 seeds",
+        description="Train every entry of the efficacy study (scratch, ssl, dtg_* teachers and weightings, "
+                    "supervised, joint_dtg, single_frame, teacher kNN) with 3 seeds on SynthActions; write "
+                    "study.json, study.md and study.png under --out.")
+    study.add_argument("overrides", nargs="*", help="dotted config overrides applied to every run (to study "
+                                                    "a method change), e.g. loss.queue_size=256")
+    study.add_argument("--out", required=True, help="output directory")
+    study.add_argument("--quick", action="store_true", help="smoke size: two steps per run (a few minutes)")
+    study.add_argument("--force", action="store_true", help="overwrite an existing output directory")
+    study.add_argument("--resume", action="store_true", help="continue a study in --out, skipping finished runs")
     demo = sub.add_parser("demo", help="the whole method on the embedded SynthActions benchmark",
                           description="Generate SynthActions, train the action teacher, DTG and SSL pre-train, "
                                       "fine-tune on 10%% of the labels, evaluate, write results.json and a report.")
@@ -297,6 +309,22 @@ def _cmd_bench(args) -> int:
     return 0
 
 
+def _cmd_study(args) -> int:
+    import dataclasses
+
+    from .study import PLANS, run_study
+
+    plan = PLANS["quick" if args.quick else "full"]
+    if args.overrides:
+        plan = dataclasses.replace(plan, overrides=tuple(args.overrides))
+    r = run_study(args.out, force=args.force, resume=args.resume, plan=plan, command="dtgnet " + shlex.join(args.argv))
+    meta = r["meta"]
+    print(f"study done: {meta['seconds'] / 60:.1f} min of runs -> {args.out}/study.json, study.md, study.png")
+    for t in meta["targets"]:
+        print(f"  {'met    ' if t['met'] else 'missed '} {t['target']} (gap {t['gap']:+.1f} points)")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -306,9 +334,11 @@ def _cmd_demo(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     handlers = {"data": _cmd_data, "teacher": _cmd_teacher, "pretrain": _cmd_train, "finetune": _cmd_train,
-                "joint": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "config": _cmd_config,
+                "joint": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "study": _cmd_study, "config": _cmd_config,
                 "bench": _cmd_bench}
     try:
         return handlers[args.command](args)

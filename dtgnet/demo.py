@@ -8,94 +8,32 @@ results.json and report.md / report.html.
 """
 from __future__ import annotations
 
-import copy
 import json
-import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .config import Config, TeacherConfig, validate
 from .data.synth import generate
-from .errors import DtgError
 from .evaluation import eval_dataset, evaluate_model, extract, frozen_feature_scores
+from .recipes import Sizes, base_config, finetune_config, fresh_out_dir, pretrain_config, synth_teachers
 from .students import load_student
 from .teachers import train_action_teacher
 from .training import pick_device, train
 
 
-@dataclass(frozen=True)
-class DemoPlan:
-    preset: str
-    frames: int
-    size: int
-    batch_size: int
-    pretrain_epochs: int
-    finetune_epochs: int
-    single_frame_epochs: int
-    teacher_input: int
-    label_fraction: float = 0.1
-
-
 PLANS = {
-    "quick": DemoPlan("quick", frames=4, size=48, batch_size=16, pretrain_epochs=6, finetune_epochs=40,
-                      single_frame_epochs=6, teacher_input=96),
-    "full": DemoPlan("default", frames=4, size=48, batch_size=24, pretrain_epochs=10, finetune_epochs=40,
-                     single_frame_epochs=8, teacher_input=96),
+    "quick": Sizes("quick", frames=4, size=48, batch_size=16, pretrain_epochs=6, finetune_epochs=40,
+                   single_frame_epochs=6, teacher_input=96),
+    "full": Sizes("default", frames=4, size=48, batch_size=24, pretrain_epochs=10, finetune_epochs=40,
+                  single_frame_epochs=8, teacher_input=96),
 }
-
-
-def base_config(data_dir: Path, plan: DemoPlan, seed: int) -> Config:
-    cfg = Config()
-    d = cfg.data
-    d.format, d.root = "list", str(data_dir)
-    d.train_list, d.val_list, d.test_list = (str(data_dir / f"{s}.txt") for s in ("train", "val", "test"))
-    d.classes = str(data_dir / "classes.txt")
-    d.frames, d.size, d.flip = plan.frames, plan.size, False  # a flip would swap cw/ccw and left/right
-    d.eval_clips = 2
-    cfg.student.arch, cfg.student.temporal_shift = "tsn_r18", True  # order matters in SynthActions
-    cfg.optim.batch_size = plan.batch_size
-    cfg.run.seed, cfg.run.log_every = seed, 5
-    cfg.run.teacher_cache = True  # teachers embed each training frame once instead of every view
-    return cfg
-
-
-def pretrain_config(base: Config, runs: Path, name: str, teachers: list[TeacherConfig], plan: DemoPlan) -> Config:
-    cfg = copy.deepcopy(base)
-    cfg.teachers = teachers
-    cfg.optim.epochs, cfg.optim.lr, cfg.optim.warmup_steps = plan.pretrain_epochs, 2e-3, 10
-    cfg.run.out = str(runs / name)
-    validate(cfg)
-    return cfg
-
-
-def finetune_config(base: Config, runs: Path, name: str, plan: DemoPlan, frames: int | None = None,
-                    label_fraction: float | None = None, epochs: int | None = None) -> Config:
-    cfg = copy.deepcopy(base)
-    cfg.teachers = []
-    cfg.data.label_fraction = plan.label_fraction if label_fraction is None else label_fraction
-    if frames is not None:
-        cfg.data.frames = frames
-        cfg.student.temporal_shift = frames > 1
-    cfg.optim.epochs = epochs or plan.finetune_epochs
-    cfg.optim.batch_size = 8
-    cfg.optim.lr, cfg.optim.warmup_steps = 1e-3, 5
-    cfg.run.out = str(runs / name)
-    validate(cfg)
-    return cfg
 
 
 def run_demo(out, quick: bool = False, seed: int = 0, force: bool = False, progress: bool = True) -> dict:
     from .reports import write_report
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not force:
-            raise DtgError(f"{out}: exists and is not empty; pass --force to overwrite it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = fresh_out_dir(out, force)
     plan = PLANS["quick" if quick else "full"]
     t0 = time.time()
     timings: dict[str, float] = {}
@@ -112,8 +50,7 @@ def run_demo(out, quick: bool = False, seed: int = 0, force: bool = False, progr
     action = timed("action_teacher", train_action_teacher, data_dir / "stills", out / "teachers" / "action.safetensors",
                    input_size=plan.teacher_input, seed=seed, progress=progress)
     base = base_config(data_dir, plan, seed)
-    teachers = [TeacherConfig("imagenet", "efficientnet_lite0", "", 1.0, plan.teacher_input),
-                TeacherConfig("action", "action", action["path"], 1.0, plan.teacher_input)]
+    teachers = synth_teachers(plan, action["path"])
     jobs = {
         "dtg_pretrain": ("pretrain", pretrain_config(base, runs, "dtg_pretrain", teachers, plan), None),
         "ssl_pretrain": ("pretrain", pretrain_config(base, runs, "ssl_pretrain", [], plan), None),
@@ -143,7 +80,7 @@ def run_demo(out, quick: bool = False, seed: int = 0, force: bool = False, progr
     for name in ("dtg", "ssl"):
         cfg = jobs[f"{name}_pretrain"][1]
         model = load_student(Path(cfg.run.out) / "student.safetensors", device)
-        train_f, test_f = (extract(model, eval_dataset(cfg, subset, model), device) for subset in ("train", "test"))
+        train_f, test_f = (extract(model, eval_dataset(cfg, subset, model.temporal), device) for subset in ("train", "test"))
         scores = frozen_feature_scores(train_f, test_f)  # features extracted once for kNN, retrieval and the map
         results[name].update({"knn_top1": scores["knn_top1"],
                               **{f"retrieval_{k}": v for k, v in scores.items() if k.startswith("R@")}})

@@ -24,28 +24,47 @@ PROTOCOLS = ("finetune", "linear", "knn", "retrieval")
 RECALL_KS = (1, 5, 10, 20, 50)
 
 
-@torch.no_grad()
-def extract(model: DTGStudent, dataset: VideoDataset, device, batch_size: int = 16,
-            progress: bool = False, desc: str = "features") -> dict:
-    """Backbone features ``(N, clips, D)``, classifier logits ``(N, clips, K)`` (or None), labels ``(N,)``."""
+def _eval_batches(dataset: VideoDataset, batch_size: int, progress: bool, desc: str):
+    """``(clips (B, C, T, 3, S, S), labels (B,))`` in dataset order; an unreadable video stops evaluation."""
     from tqdm import tqdm
 
-    model.eval()
-    feats, logits, labels = [], [], []
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     for raw in tqdm(loader, desc=desc, disable=not progress, unit="batch"):
         if any(raw["bad"]):
             bad = [b for b in raw["bad"] if b][0].split("\n")[0]
             raise DataError(f"evaluation video unreadable: {bad.replace(chr(9), ': ')}")
-        clips = raw["clips"].to(device)  # (B, C, T, 3, S, S)
+        yield raw["clips"], raw["label"]
+
+
+@torch.no_grad()
+def extract(model: DTGStudent, dataset: VideoDataset, device, batch_size: int = 16,
+            progress: bool = False, desc: str = "features") -> dict:
+    """Backbone features ``(N, clips, D)``, classifier logits ``(N, clips, K)`` (or None), labels ``(N,)``."""
+    model.eval()
+    feats, logits, labels = [], [], []
+    for clips, label in _eval_batches(dataset, batch_size, progress, desc):
+        clips = clips.to(device)  # (B, C, T, 3, S, S)
         b, c = clips.shape[:2]
         f = model.features(clips.flatten(0, 1)).float()  # (B*C, D)
         feats.append(f.unflatten(0, (b, c)).cpu())
         if model.classifier is not None:
             logits.append(model.classifier(f).float().unflatten(0, (b, c)).cpu())
-        labels.append(raw["label"])
+        labels.append(label)
     return {"feats": torch.cat(feats), "logits": torch.cat(logits) if logits else None,
             "labels": torch.cat(labels)}
+
+
+@torch.no_grad()
+def extract_teacher(teacher, dataset: VideoDataset, device, batch_size: int = 16, progress: bool = False,
+                    desc: str = "teacher features") -> dict:
+    """A frozen teacher's features ``(N, clips, D)`` (each clip: mean over its frames' embeddings) and labels,
+    in the shape of :func:`extract`'s output, so :func:`frozen_feature_scores` takes them."""
+    feats, labels = [], []
+    for clips, label in _eval_batches(dataset, batch_size, progress, desc):
+        b, c = clips.shape[:2]
+        feats.append(teacher(clips.flatten(0, 1).to(device)).unflatten(0, (b, c)).cpu())  # (B, C, D)
+        labels.append(label)
+    return {"feats": torch.cat(feats), "logits": None, "labels": torch.cat(labels)}
 
 
 def classification_scores(logits: torch.Tensor, labels: torch.Tensor) -> dict:
@@ -93,12 +112,14 @@ def linear_probe(train_x, train_y, test_x, test_y, seed: int = 0) -> float:
     return float((clf.predict(scaler.transform(test_x.numpy())) == test_y.numpy()).mean())
 
 
-def eval_dataset(cfg, subset: str, model: DTGStudent) -> VideoDataset:
+def eval_dataset(cfg, subset: str, temporal: str) -> VideoDataset:
+    """The labelled videos of ``subset`` as fixed evaluation clips; ``temporal`` is the network's sampling
+    (``segments`` or ``clip``)."""
     videos = load_split(cfg.data, subset)
     entries = [e for e in videos.good if e.label >= 0]
     if not entries:
         raise DataError(f"{videos.source}: no labelled entries to evaluate on")
-    return VideoDataset(videos, "eval", cfg.data.frames, cfg.data.size, model.temporal, cfg.data.stride,
+    return VideoDataset(videos, "eval", cfg.data.frames, cfg.data.size, temporal, cfg.data.stride,
                         clips=cfg.data.eval_clips, reader=reader_for(cfg.data), seed=cfg.run.seed, entries=entries)
 
 
@@ -108,7 +129,7 @@ def evaluate_model(model: DTGStudent, cfg, protocol: str, device="cpu", progress
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
     model = model.to(device)
-    test = extract(model, eval_dataset(cfg, test_subset, model), device, progress=progress, desc=f"{test_subset} clips")
+    test = extract(model, eval_dataset(cfg, test_subset, model.temporal), device, progress=progress, desc=f"{test_subset} clips")
     if protocol == "finetune":
         if test["logits"] is None:
             raise CheckpointError("protocol finetune needs a fine-tuned checkpoint (it has no classifier); "
@@ -117,7 +138,7 @@ def evaluate_model(model: DTGStudent, cfg, protocol: str, device="cpu", progress
         out["top1"] = out["video_top1"]
         out["labels"] = test["labels"].tolist()
         return out
-    train = extract(model, eval_dataset(cfg, "train", model), device, progress=progress, desc="train clips")
+    train = extract(model, eval_dataset(cfg, "train", model.temporal), device, progress=progress, desc="train clips")
     if protocol == "linear":
         return {"top1": linear_probe(train["feats"].mean(1), train["labels"], test["feats"].mean(1),
                                      test["labels"], cfg.run.seed)}

@@ -133,3 +133,92 @@ def write_report(out: Path, summary: dict, results: dict, classes: list[str], em
             f"<h1>dtgnet demo report</h1><p>{html.escape(intro)}</p>{table_html(rows)}{imgs}"
             f"<h2>Timings (s)</h2>{timing}</body></html>")
     (out / "report.html").write_text(page)
+
+
+# ------------------------------------------------------------------------------------------ study report
+
+STUDY_NOTES = {
+    "scratch": "random init, fine-tune recipe",
+    "ssl": "pre-train without teachers (self term only)",
+    "dtg_best_fixed": "best weight-grid point on val",
+    "dtg_learned": "uncertainty-weighted teachers",
+    "dtg_adaptive": "label-free adaptive teacher weights",
+    "supervised": "joint recipe, cross-entropy only",
+    "joint_dtg": "joint recipe, CE + L_DTG (mode ii)",
+    "single_frame": "scratch given one frame",
+}
+
+
+def _fmt(entry: dict, metric: str) -> str:
+    lo, hi = entry[f"{metric}_ci95"]
+    return f"{entry[f'{metric}_mean']:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def _study_plot(path: Path, results: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)[::-1]  # first entry on top
+    fig, axes = plt.subplots(1, 2, figsize=(10, 0.32 * len(names) + 1.2), sharey=True)
+    for ax, metric, title in ((axes[0], "top1", "top-1, 10 % labels (%)"), (axes[1], "knn", "kNN top-1 (%)")):
+        means = np.array([results[n][f"{metric}_mean"] for n in names])
+        ci = np.array([results[n][f"{metric}_ci95"] for n in names])
+        err = np.stack([means - ci[:, 0], ci[:, 1] - means])
+        colours = ["#e63" if n.startswith(("dtg", "joint")) else "#69c" if n == "ssl" else
+                   "#bbb" if n.startswith("teacher") else "#999" for n in names]
+        ax.barh(names, means, xerr=err, color=colours, capsize=2)
+        for y, (m, seeds) in enumerate(zip(means, [results[n][f"{metric}_seeds"] for n in names])):
+            ax.plot(seeds, [y] * len(seeds), "k.", ms=3)
+        ax.set_title(title), ax.set_xlim(0, 100), ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("SynthActions study: mean of seeds, 95 % interval, dots = seeds", fontsize=10)
+    fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
+
+
+def write_study_report(out: Path, results: dict, meta: dict) -> None:
+    """``study.md`` (command, machine, wall time, the table, the weight grid, the targets) and ``study.png``."""
+    _study_plot(out / "study.png", results)
+    plan, sizes, m = meta["plan"], meta["plan"]["sizes"], meta["machine"]
+    minutes = meta["seconds"] / 60
+    lines = [
+        "# DTG-Net efficacy study on SynthActions", "",
+        f"- Command: `{meta['command']}`" if meta["command"] else "- Command: (called from Python)",
+        f"- Machine: {m['device']}, {m['threads']} torch threads, {m['cpus']} CPUs, {m['platform']}, "
+        f"torch {m['torch']}",
+        f"- Wall time: {minutes:.1f} min of runs in all ({meta['seconds_this_invocation'] / 60:.1f} min in the "
+        f"last invocation{', which resumed an earlier one' if meta['resumed'] else ''})",
+        f"- Data: SynthActions `{meta['data']['preset']}`, {meta['data']['classes']} classes, "
+        f"{'/'.join(str(v) for v in meta['data']['videos'].values())} {'/'.join(meta['data']['videos'])} videos, "
+        f"{meta['data']['stills']} stills; action teacher val accuracy "
+        f"{100 * meta['action_teacher']['val_acc']:.1f} %",
+        f"- Sizes: {sizes['frames']} frames of {sizes['size']}², batch {sizes['batch_size']}, pre-train "
+        f"{sizes['pretrain_epochs']} epochs, fine-tune {sizes['finetune_epochs']} epochs on "
+        f"{100 * sizes['label_fraction']:.0f} % of the labels (lr {plan['finetune_lr']:g}, head ×"
+        f"{plan['finetune_head_lr_scale']:g}), teachers at {sizes['teacher_input']}²"
+        + (f", max {sizes['max_steps']} steps per run" if sizes["max_steps"] else ""),
+        f"- Seeds: {', '.join(map(str, plan['seeds']))}"
+        + (f"; overrides: `{' '.join(plan['overrides'])}`" if plan["overrides"] else ""), "",
+        "Entries: mean over seeds with the 95 % Student-t interval of the mean, in %. top-1 is video-level "
+        "on the test split; kNN and R@1 are on the label-free representation (the pre-trained student for "
+        "pre-training entries, else the trained student; teacher_knn_* use the teacher's pooled features, "
+        "and their top-1 is that kNN).", "",
+        "| entry | top-1 | kNN top-1 | R@1 | seeds (top-1) | what |", "|---|---|---|---|---|---|",
+    ]
+    for name, e in results.items():
+        seeds = ", ".join(f"{v:.1f}" for v in e["top1_seeds"])
+        note = STUDY_NOTES.get(name, "")
+        if name == "dtg_best_fixed":
+            note += f": {meta['best_fixed']}"
+        lines.append(f"| {name} | {_fmt(e, 'top1')} | {_fmt(e, 'knn')} | {_fmt(e, 'r1')} | {seeds} | {note} |")
+    lines += ["", "![study](study.png)", "", "## Teacher-weight grid (chosen on val)", "",
+              "| (imagenet, action) | entry | val top-1 (mean) | test top-1 |", "|---|---|---|---|"]
+    for w, name in zip(plan["grid"], meta["grid_val_top1"]):  # the same order
+        mark = " (chosen)" if name == meta["best_fixed"] else ""
+        lines.append(f"| ({w[0]:g}, {w[1]:g}) | {name}{mark} | {100 * meta['grid_val_top1'][name]:.1f} | "
+                     f"{results[name]['top1_mean']:.1f} |")
+    lines += ["", f"## Targets (DTG = `{meta['dtg']}`, the best DTG entry on val)", "",
+              "| target | gap (points) | met |", "|---|---|---|"]
+    lines += [f"| {t['target']} | {t['gap']:+.1f} | {'yes' if t['met'] else 'no'} |" for t in meta["targets"]]
+    (out / "study.md").write_text("\n".join(lines) + "\n")
+

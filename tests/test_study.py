@@ -1,0 +1,117 @@
+"""`dtgnet study`: the statistics, the val-only choices, and the quick study end to end (about 2 minutes on
+2 CPU cores), including resume and the errors a user can make."""
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dtgnet.study import PLANS, best_on_val, check_targets, entry_names, entry_stats, summarise
+
+KEYS = [f"{m}_{k}" for m in ("top1", "knn", "r1") for k in ("mean", "ci95", "seeds")]
+
+
+def dtgnet(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "dtgnet", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_summarise_is_the_student_t_interval():
+    values = [40.0, 45.0, 53.0]
+    m, (lo, hi) = summarise(values)
+    sd = math.sqrt(sum((v - np.mean(values)) ** 2 for v in values) / 2)
+    half = 4.302652729911275 * sd / math.sqrt(3)  # t_{0.975, 2} from a table
+    assert m == pytest.approx(46.0) and lo == pytest.approx(46.0 - half) and hi == pytest.approx(46.0 + half)
+    assert summarise([12.5]) == (12.5, [12.5, 12.5])
+
+
+def test_entry_stats_shape_and_percent():
+    seeds = {"0": {"top1": 0.5, "knn": 0.25, "r1": 0.75}, "1": {"top1": 0.6, "knn": 0.35, "r1": 0.7}}
+    e = entry_stats(seeds)
+    assert sorted(e) == sorted(KEYS)
+    assert e["top1_seeds"] == [50.0, 60.0] and e["top1_mean"] == 55.0 and e["knn_mean"] == 30.0
+
+
+def test_best_on_val_ignores_test():
+    per_seed = {"a": {"0": {"val_top1": 0.6, "top1": 0.1}}, "b": {"0": {"val_top1": 0.4, "top1": 0.9}}}
+    best, val = best_on_val(per_seed, ["a", "b"])
+    assert best == "a" and val == {"a": 0.6, "b": 0.4}
+
+
+def test_check_targets():
+    def entry(m, ci):
+        return {"top1_mean": m, "top1_ci95": ci}
+
+    study = {"scratch": entry(30, [28, 32]), "ssl": entry(40, [38, 42]), "dtg_x": entry(46, [43, 49]),
+             "dtg_adaptive": entry(44, [40, 48]), "dtg_best_fixed": entry(45.5, [44, 47]),
+             "supervised": entry(30, [29, 31]), "joint_dtg": entry(32, [30, 34])}
+    met = {t["target"]: t["met"] for t in check_targets(study, "dtg_x")}
+    assert met == {"dtg_x >= scratch + 15": True, "dtg_x >= ssl + 5, 95 % intervals apart": True,
+                   "dtg_adaptive >= dtg_best_fixed - 1": False, "joint_dtg >= supervised + 3": False}
+    study["ssl"] = entry(40, [35, 44])  # +6 points, but the intervals overlap
+    assert not check_targets(study, "dtg_x")[1]["met"]
+
+
+def test_entry_names_cover_the_issue():
+    names = entry_names(PLANS["full"])
+    for n in ("scratch", "ssl", "dtg_imagenet", "dtg_action", "dtg_equal", "dtg_best_fixed", "dtg_learned",
+              "dtg_adaptive", "supervised", "joint_dtg", "single_frame", "teacher_knn_imagenet",
+              "teacher_knn_action"):
+        assert n in names
+    assert len(set(names)) == len(names)
+
+
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "quick"
+    run = dtgnet("study", "--quick", "--out", str(out), timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return out, run
+
+
+def test_quick_study_writes_every_entry(quick_study):
+    out, run = quick_study
+    study = json.loads((out / "study.json").read_text())
+    assert list(study) == entry_names(PLANS["quick"])
+    for name, e in study.items():
+        assert sorted(e) == sorted(KEYS), name
+        n = 1 if name.startswith("teacher_knn_") else 3
+        for metric in ("top1", "knn", "r1"):
+            seeds, (lo, hi) = e[f"{metric}_seeds"], e[f"{metric}_ci95"]
+            assert len(seeds) == n and all(0 <= v <= 100 for v in seeds), (name, metric)
+            assert lo <= e[f"{metric}_mean"] <= hi
+    meta = json.loads((out / "runs.json").read_text())
+    assert study["dtg_best_fixed"] == study[meta["best_fixed"]]
+    assert meta["best_fixed"] == max(meta["grid_val_top1"], key=meta["grid_val_top1"].get)
+    assert len(meta["targets"]) == 4 and meta["command"].startswith("dtgnet study --quick")
+    md = (out / "study.md").read_text()
+    for text in ("Command: `dtgnet study --quick", "Machine:", "Wall time:", "| dtg_adaptive |",
+                 "Teacher-weight grid", "(chosen)", "## Targets"):
+        assert text in md
+    assert (out / "study.png").stat().st_size > 5000
+    assert not list(out.glob("runs/*/checkpoints")), "scored runs keep no checkpoints"
+    assert "study done" in run.stdout and ("missed" in run.stdout or "met" in run.stdout)
+
+
+def test_resume_reuses_every_record(quick_study):
+    out, _ = quick_study
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
+    study = (out / "study.json").read_text()
+    run = dtgnet("study", "--quick", "--out", str(out), "--resume")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")} == before
+    assert (out / "study.json").read_text() == study
+
+
+def test_user_mistakes_are_one_line_errors(quick_study, tmp_path):
+    out, _ = quick_study
+    run = dtgnet("study", "--quick", "--out", str(out), "--resume", "loss.tau=0.2")
+    assert run.returncode == 2 and "another plan" in run.stderr and "Traceback" not in run.stderr
+    run = dtgnet("study", "--quick", "--out", str(out))
+    assert run.returncode == 2 and "--force" in run.stderr
+    fresh = tmp_path / "new"
+    run = dtgnet("study", "--quick", "--out", str(fresh), "loss.tau=-1")
+    assert run.returncode == 2 and "loss.tau" in run.stderr and not fresh.exists()
+    run = dtgnet("study", "--quick", "--out", str(fresh), "--resume")
+    assert run.returncode == 2 and "no study to resume" in run.stderr
