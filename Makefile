@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-quick test clean
+.PHONY: demo demo-quick study test clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,8 +18,11 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	$(VENV)/bin/dtgnet demo --quick --force --out demo_out
 
+study: $(STAMP)
+	$(VENV)/bin/dtgnet study --force --out study_out
+
 test: $(STAMP)
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) demo_out runs
+	rm -rf $(VENV) demo_out study_out runs

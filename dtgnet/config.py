@@ -52,6 +52,12 @@ class DataConfig:
     """Clips per video at evaluation; video-level scores average their softmax."""
     label_fraction: float = 1.0
     """Fraction of labelled training videos used by finetune/joint (stratified, fixed by the seed)."""
+    joint_unlabelled: bool = False
+    """joint only: the DTG term also trains on the training videos left without a label by label_fraction
+    (semi-supervised mode ii); cross-entropy sees only the labelled ones. Every batch then holds
+    ``labelled_share`` labelled videos, and an epoch is one pass over the unlabelled ones."""
+    labelled_share: float = 0.5
+    """With joint_unlabelled: fraction of each batch drawn from the labelled videos."""
     backend: str = "pyav"
     """Video decoder: pyav (default), decord or torchcodec (optional extras)."""
     prepared: str = ""
@@ -335,6 +341,11 @@ def _merge(tree: dict, loaded: dict, prefix: str) -> None:
             tree[k] = v
 
 
+def labelled_per_batch(d: DataConfig, batch_size: int) -> int:
+    """Labelled videos in each joint batch when ``data.joint_unlabelled`` is on."""
+    return int(round(d.labelled_share * batch_size))
+
+
 def _choice(key, value, options):
     if value not in options:
         raise ConfigError(key, f"{value!r} is not one of {', '.join(options)}")
@@ -363,6 +374,12 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     _at_least("data.eval_clips", d.eval_clips, 1)
     _in_range("data.label_fraction", d.label_fraction, 0.0, 1.0, low_open=True)
     _at_least("data.num_workers", d.num_workers, 0)
+    if d.joint_unlabelled:
+        labelled = labelled_per_batch(d, cfg.optim.batch_size)
+        if not 1 <= labelled < cfg.optim.batch_size:
+            raise ConfigError("data.labelled_share", f"{d.labelled_share} gives {labelled} labelled videos in a "
+                                                     f"batch of {cfg.optim.batch_size}; need 1 to "
+                                                     f"{cfg.optim.batch_size - 1}")
     _in_range("data.max_bad_fraction", d.max_bad_fraction, 0.0, 1.0)
     names = set()
     for i, t in enumerate(cfg.teachers):

@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
 from .checkpoint import config_hash, load_checkpoint, rng_state, save_rotating, set_rng_state
-from .config import Config, save_config, to_dict
+from .config import Config, labelled_per_batch, save_config, to_dict
 from .data.dataset import VideoDataset, stratified_subset
 from .data.prepare import reader_for
 from .data.lists import VideoList, load_split
@@ -120,8 +121,41 @@ class ResumableSampler(Sampler):
     def __iter__(self):
         return iter([(self.epoch, i) for i in self._order()[self.start:]])
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // self.global_batch
+
     def __len__(self) -> int:
-        return self.n // self.global_batch * self.local_batch - self.start
+        return self.steps_per_epoch * self.local_batch - self.start
+
+
+class LabelledShareSampler(ResumableSampler):
+    """Semi-supervised batches: each global batch holds ``labelled`` items drawn from ``labelled_idx`` (cycled
+    in fresh permutations, as there are few) and the rest from ``unlabelled_idx``; an epoch is one pass over
+    the unlabelled items. Each global batch is shuffled before the ranks take their slices, so every rank
+    sees both kinds."""
+
+    def __init__(self, labelled_idx: list[int], unlabelled_idx: list[int], labelled: int, seed: int,
+                 global_batch: int, rank: int = 0, world: int = 1):
+        super().__init__(len(labelled_idx) + len(unlabelled_idx), seed, global_batch, rank, world)
+        self.labelled_idx, self.unlabelled_idx = torch.tensor(labelled_idx), torch.tensor(unlabelled_idx)
+        self.labelled, self.unlabelled = labelled, global_batch - labelled
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.unlabelled_idx) // self.unlabelled
+
+    def _order(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 1000003 + self.epoch)
+        steps = self.steps_per_epoch
+        u = self.unlabelled_idx[torch.randperm(len(self.unlabelled_idx), generator=g)][: steps * self.unlabelled]
+        cycles = -(-steps * self.labelled // len(self.labelled_idx))
+        lab = torch.cat([self.labelled_idx[torch.randperm(len(self.labelled_idx), generator=g)]
+                         for _ in range(cycles)])[: steps * self.labelled]
+        batches = torch.cat([lab.view(steps, self.labelled), u.view(steps, self.unlabelled)], 1)  # (steps, B)
+        mix = torch.stack([torch.randperm(self.global_batch, generator=g) for _ in range(steps)])
+        batches = batches.gather(1, mix).view(steps, self.world, self.local_batch)
+        return batches[:, self.rank].flatten().tolist()  # (steps * local_batch,)
 
 
 def cosine_lr(step: int, total: int, warmup: int) -> float:
@@ -230,13 +264,24 @@ class Trainer:
         self.uses_labels = self.mode in ("finetune", "joint")
         self.uses_teachers = self.mode in ("pretrain", "joint")
         entries = self.videos.good
+        self.labelled_count = 0  # > 0: semi-supervised joint, the dataset's first videos are the labelled ones
         self.list_bad = [(str(self.videos.full_path(e)), e.problem) for e in self.videos.entries if e.problem]
         if self.uses_labels:
             entries = [e for e in entries if e.label >= 0]
             if not entries:
                 raise DataError(f"{self.videos.source}: no labelled entries for {self.mode}")
             keep = stratified_subset(np.array([e.label for e in entries]), cfg.data.label_fraction, cfg.run.seed)
-            entries = [entries[i] for i in keep]
+            kept = [entries[i] for i in keep]
+            if self.mode == "joint" and cfg.data.joint_unlabelled:  # the rest train the DTG term only
+                kept_paths = {e.path for e in kept}
+                rest = [dataclasses.replace(e, label=-1) for e in self.videos.good if e.path not in kept_paths]
+                if not rest:
+                    raise DataError(f"{self.videos.source}: data.joint_unlabelled needs videos left without a "
+                                    f"label; data.label_fraction={cfg.data.label_fraction} labels them all")
+                self.labelled_count = len(kept)
+                entries = kept + rest
+            else:
+                entries = kept
         self.num_classes = len(self.videos.classes)
         self.teachers: list[Teacher] = [build_teacher(t).to(self.device) for t in cfg.teachers] \
             if self.uses_teachers else []
@@ -264,10 +309,17 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
         if init:
             self._load_init(init)
-        self.sampler = ResumableSampler(len(self.dataset), cfg.run.seed, cfg.optim.batch_size, self.dist.rank,
-                                        self.dist.world)
+        if self.labelled_count:
+            n_lab = self.labelled_count
+            self.sampler = LabelledShareSampler(
+                list(range(n_lab)), list(range(n_lab, len(self.dataset))),
+                labelled_per_batch(cfg.data, cfg.optim.batch_size), cfg.run.seed, cfg.optim.batch_size,
+                self.dist.rank, self.dist.world)
+        else:
+            self.sampler = ResumableSampler(len(self.dataset), cfg.run.seed, cfg.optim.batch_size, self.dist.rank,
+                                            self.dist.world)
         self.local_batch = self.sampler.local_batch
-        self.steps_per_epoch = len(self.dataset) // cfg.optim.batch_size
+        self.steps_per_epoch = self.sampler.steps_per_epoch
         total = cfg.optim.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.optim.max_steps) if cfg.optim.max_steps else total
         backbone = list(self.model.backbone.parameters())
@@ -374,7 +426,9 @@ class Trainer:
         stats: dict[str, torch.Tensor] = {}
         loss = torch.zeros((), device=self.device)
         if self.uses_labels:
-            stats["ce"] = F.cross_entropy(out["logits"].float(), batch.label)
+            labelled = (batch.label >= 0).float()  # (B,); all ones unless data.joint_unlabelled
+            per_item = F.cross_entropy(out["logits"].float(), batch.label.clamp(min=0), reduction="none")
+            stats["ce"] = (per_item * labelled).sum() / labelled.sum().clamp(min=1)
             loss = loss + stats["ce"]
         if pair:
             res = dtg_loss(g(out["self_a"]) if "self_a" in out else None, g(out["self_b"]) if "self_b" in out else None,

@@ -6,7 +6,7 @@ import pytest
 from dtgnet.cli import build_parser, main
 
 COMMANDS = [[], ["data"], ["data", "synth"], ["data", "scan"], ["teacher"], ["teacher", "train"], ["teacher", "cache"], ["pretrain"],
-            ["finetune"], ["joint"], ["eval"], ["demo"], ["config"], ["bench"], ["data", "prepare"]]
+            ["finetune"], ["joint"], ["eval"], ["demo"], ["study"], ["config"], ["bench"], ["data", "prepare"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)

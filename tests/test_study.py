@@ -41,7 +41,7 @@ def test_best_on_val_ignores_test():
 
 def test_check_targets():
     def entry(m, ci):
-        return {"top1_mean": m, "top1_ci95": ci}
+        return {"top1_mean": m, "top1_ci95": ci, "top1_seeds": [m - 1, m, m + 1]}
 
     study = {"scratch": entry(30, [28, 32]), "ssl": entry(40, [38, 42]), "dtg_x": entry(46, [43, 49]),
              "dtg_adaptive": entry(44, [40, 48]), "dtg_best_fixed": entry(45.5, [44, 47]),
@@ -49,6 +49,7 @@ def test_check_targets():
     met = {t["target"]: t["met"] for t in check_targets(study, "dtg_x")}
     assert met == {"dtg_x >= scratch + 15": True, "dtg_x >= ssl + 5, 95 % intervals apart": True,
                    "dtg_adaptive >= dtg_best_fixed - 1": False, "joint_dtg >= supervised + 3": False}
+    assert check_targets(study, "dtg_x")[0]["paired_ci95"] == [16.0, 16.0]  # the same offset every seed
     study["ssl"] = entry(40, [35, 44])  # +6 points, but the intervals overlap
     assert not check_targets(study, "dtg_x")[1]["met"]
 

@@ -243,3 +243,43 @@ def test_failed_setup_leaves_no_run_dir(tiny_synth, tmp_path, capsys):
     assert main(["pretrain", *ov]) == 2
     assert "fewer than optim.batch_size=64" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()  # the corrected command can simply run again
+
+
+def test_labelled_share_sampler_mixes_every_batch_and_splits_ranks():
+    from dtgnet.training import LabelledShareSampler
+
+    labelled, unlabelled = list(range(5)), list(range(5, 30))
+    single = LabelledShareSampler(labelled, unlabelled, 2, seed=3, global_batch=6)
+    assert single.steps_per_epoch == 25 // 4 and len(single) == 6 * 6
+    order = [i for _, i in single]
+    for step in range(single.steps_per_epoch):  # a naive check of every batch
+        batch = order[step * 6:(step + 1) * 6]
+        assert sum(i < 5 for i in batch) == 2 and len(set(batch)) == 6
+    unl = [i for i in order if i >= 5]
+    assert len(set(unl)) == len(unl)  # an unlabelled video at most once per epoch
+    ranks = [[i for _, i in LabelledShareSampler(labelled, unlabelled, 2, 3, 6, rank=r, world=2)] for r in (0, 1)]
+    rebuilt = [i for step in range(6) for r in (0, 1) for i in ranks[r][step * 3:(step + 1) * 3]]
+    assert rebuilt == order  # the ranks' local batches concatenate to the single-process batch
+    single.set_position(1)
+    assert [i for _, i in single] != order  # a new mix every epoch
+
+
+def test_semi_supervised_joint_uses_unlabelled_videos(tiny_synth, tmp_path):
+    over = {"data.label_fraction": 0.25, "data.joint_unlabelled": True, "data.labelled_share": 0.5,
+            "optim.max_steps": 3}
+    trainer = Trainer(tiny_cfg(tiny_synth, tmp_path / "semi", **over), "joint", progress=False)
+    try:
+        labels = [e.label for e in trainer.dataset.entries]
+        assert len(labels) == 24 and trainer.labelled_count == 8 and labels.count(-1) == 16
+        assert all(v >= 0 for v in labels[:8])
+        assert trainer.steps_per_epoch == 16 // 2  # batch 4: 2 labelled + 2 unlabelled
+        metrics = trainer.fit()
+    finally:
+        trainer.close()
+    logs = [r for r in read_log(tmp_path / "semi" / "log.jsonl") if "loss" in r]
+    assert metrics["steps"] == 3 and np.isfinite(logs[-1]["ce"]) and logs[-1]["ce"] > 0 and "dtg" in logs[-1]
+    with pytest.raises(Exception, match="data.labelled_share"):
+        tiny_cfg(tiny_synth, tmp_path / "bad", **{**over, "data.labelled_share": 0.1})
+    with pytest.raises(Exception, match="labels them all"):
+        train(tiny_cfg(tiny_synth, tmp_path / "all", **{**over, "data.label_fraction": 1.0}), "joint",
+              progress=False)
