@@ -172,24 +172,37 @@ class Study:
         cfg.run.teacher_cache, cfg.run.teacher_cache_dir = False, str(self.out / "teacher_cache")
         return load_config(None, self.plan.overrides, base=cfg) if self.plan.overrides else cfg
 
-    def _finetune(self, base: Config, name: str, init: str | None, frames: int | None = None) -> Config:
+    def _labelled_config(self, base: Config, name: str, frames: int | None = None) -> Config:
+        """The fine-tune recipe with the plan's learning rates (fine-tune, scratch and joint entries)."""
         cfg = finetune_config(base, self.runs, name, self.sizes, frames=frames)
         cfg.optim.lr, cfg.optim.head_lr_scale = self.plan.finetune_lr, self.plan.finetune_head_lr_scale
+        return cfg
+
+    def _finetune(self, base: Config, name: str, init: str | None, frames: int | None = None) -> Config:
+        cfg = self._labelled_config(base, name, frames)
         validate(cfg)
         train(cfg, "finetune", init, force=True, progress=self.progress)
         return cfg
 
-    def _classification(self, cfg: Config) -> dict:
-        model = load_student(Path(cfg.run.out) / "student.safetensors", self.device)
+    def _trained(self, cfg: Config):
+        return load_student(Path(cfg.run.out) / "student.safetensors", self.device)
+
+    def _classification(self, model, cfg: Config) -> dict:
         return {subset: evaluate_model(model, cfg, "finetune", self.device, test_subset=subset)["video_top1"]
                 for subset in ("val", "test")}
 
-    def _representation(self, cfg: Config) -> dict:
-        model = load_student(Path(cfg.run.out) / "student.safetensors", self.device)
+    def _representation(self, model, cfg: Config) -> dict:
         train_f, test_f = (extract(model, eval_dataset(cfg, subset, model.temporal), self.device)
                            for subset in ("train", self.knn_queries))
         scores = frozen_feature_scores(train_f, test_f)
         return {"knn": scores["knn_top1"], "r1": scores["R@1"]}
+
+    def _scored(self, cfg: Config) -> dict:
+        """Classification and representation scores of a run trained with labels, then its weights go."""
+        model = self._trained(cfg)
+        cls, rep = self._classification(model, cfg), self._representation(model, cfg)
+        self._tidy(cfg)
+        return {**rep, "top1": cls["test"], "val_top1": cls["val"]}
 
     def _tidy(self, cfg: Config) -> None:
         """Keep a run's logs and config; its checkpoints and weights are not needed once it is scored."""
@@ -203,23 +216,17 @@ class Study:
         pre.loss.weighting = weighting
         validate(pre)
         metrics = train(pre, "pretrain", force=True, progress=self.progress)
-        rep = self._representation(pre)
+        rep = self._representation(self._trained(pre), pre)  # label-free, before fine-tuning
         ft = self._finetune(base, f"{name}_s{seed}_finetune", str(Path(pre.run.out) / "student.safetensors"))
-        cls = self._classification(ft)
         self._tidy(pre)
-        self._tidy(ft)
-        return {**rep, "top1": cls["test"], "val_top1": cls["val"],
+        return {**self._scored(ft), **rep,
                 "teacher_weights": metrics.get("teacher_weights"), "pretrain_loss": metrics.get("final_loss")}
 
     def scratch_entry(self, name: str, seed: int, frames: int | None = None) -> dict:
-        ft = self._finetune(self.base(seed), f"{name}_s{seed}", None, frames=frames)
-        cls, rep = self._classification(ft), self._representation(ft)
-        self._tidy(ft)
-        return {**rep, "top1": cls["test"], "val_top1": cls["val"]}
+        return self._scored(self._finetune(self.base(seed), f"{name}_s{seed}", None, frames=frames))
 
     def joint_entry(self, name: str, seed: int, dtg: bool) -> dict:
-        cfg = finetune_config(self.base(seed), self.runs, f"{name}_s{seed}", self.sizes)
-        cfg.optim.lr, cfg.optim.head_lr_scale = self.plan.finetune_lr, self.plan.finetune_head_lr_scale
+        cfg = self._labelled_config(self.base(seed), f"{name}_s{seed}")
         cfg.teachers = synth_teachers(self.sizes, self.action["path"])
         cfg.loss.joint_lambda = 1.0 if dtg else 0.0  # the same runs, views and steps; only L_DTG differs
         if self.plan.joint_unlabelled:
@@ -227,9 +234,7 @@ class Study:
             cfg.optim.batch_size, cfg.optim.epochs = self.sizes.batch_size, self.plan.joint_epochs
         validate(cfg)
         train(cfg, "joint", force=True, progress=self.progress)
-        cls, rep = self._classification(cfg), self._representation(cfg)
-        self._tidy(cfg)
-        return {**rep, "top1": cls["test"], "val_top1": cls["val"]}
+        return self._scored(cfg)
 
     def teacher_entry(self, teacher_name: str) -> dict:
         """kNN / R@1 on a teacher's own features of the original frames (deterministic: scored once)."""
@@ -237,7 +242,8 @@ class Study:
         cfg.data.size = self.sizes.teacher_input
         tc = next(t for t in synth_teachers(self.sizes, self.action["path"]) if t.name == teacher_name)
         teacher = build_teacher(tc).to(self.device)
-        train_f, test_f = (extract_teacher(teacher, eval_dataset(cfg, subset, "segments"), self.device)
+        train_f, test_f = (extract_teacher(teacher, eval_dataset(cfg, subset, "segments"), self.device,
+                                           progress=self.progress, desc=f"{teacher_name} teacher, {subset}")
                            for subset in ("train", "test"))
         scores = frozen_feature_scores(train_f, test_f)
         return {"knn": scores["knn_top1"], "r1": scores["R@1"], "top1": scores["knn_top1"]}
