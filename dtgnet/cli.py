@@ -7,7 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from .errors import DtgError
+from .errors import DtgError, Preempted
 
 CONFIG_HELP = "YAML config file (see `dtgnet config` for every key)"
 OVERRIDE_HELP = "dotted overrides such as optim.lr=0.01 data.frames=8 teachers.0.weight=0.5"
@@ -17,7 +17,10 @@ def _add_train(sub, name: str, helptext: str):
     p = sub.add_parser(name, help=helptext, description=helptext)
     p.add_argument("-c", "--config", help=CONFIG_HELP)
     p.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
-    p.add_argument("--resume", action="store_true", help="continue the run in run.out from checkpoints/last.pt")
+    p.add_argument("--resume", nargs="?", const="always", default="never", metavar="auto",
+                   help="continue the run in run.out from its newest readable checkpoint; '--resume auto' "
+                        "resumes when there is one and starts fresh otherwise (for torchrun restarts and "
+                        "requeued jobs)")
     p.add_argument("--force", action="store_true", help="overwrite run.out if it exists")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     if name == "finetune":
@@ -227,7 +230,9 @@ def _cmd_train(args) -> int:
     from .config import load_config
     from .training import train
 
-    if args.resume and not args.config:
+    if args.resume not in ("never", "always", "auto"):
+        raise DtgError(f"--resume takes no value or 'auto', got {args.resume!r}")
+    if args.resume == "always" and not args.config:
         raise DtgError("--resume needs -c RUN_DIR/config.yaml (or the config the run started with)")
     init = getattr(args, "init", None)
     if init and not Path(init).is_file():
@@ -345,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     except DtgError as e:
         print(f"dtgnet: error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:
+        print(f"dtgnet: preempted: {e}", file=sys.stderr)
+        return e.exit_code
     except OSError as e:  # unwritable output, full disk: the user's to fix, not a crash
         print(f"dtgnet: error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2

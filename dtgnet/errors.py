@@ -34,3 +34,13 @@ class TooManyBadItems(DataError):
 
 class CheckpointError(DtgError):
     """A checkpoint or weights file is missing, unsafe or does not match the model."""
+
+
+EXIT_PREEMPTED = 75  # sysexits' EX_TEMPFAIL, "try again later": the checkpoint is current, requeue the job
+
+
+class Preempted(Exception):
+    """SIGTERM / SIGUSR1 stopped a run after its current step; its ``last.pt`` holds that step. Not a
+    :class:`DtgError`: nothing is wrong, and the CLI exits with ``EXIT_PREEMPTED``, not 2."""
+
+    exit_code = EXIT_PREEMPTED

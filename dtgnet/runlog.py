@@ -4,11 +4,18 @@ from __future__ import annotations
 import fcntl
 import json
 import math
+import os
 import shutil
+import socket
 import time
 from pathlib import Path
 
+import yaml
+
 from .errors import DtgError
+
+RESUME_MODES = ("never", "always", "auto")
+_HELD: set[str] = set()  # run directories this process holds: POSIX locks never conflict within one process
 
 
 class RunDirError(DtgError):
@@ -16,39 +23,127 @@ class RunDirError(DtgError):
 
 
 class RunDir:
-    """Creates (or reopens with ``resume``) a run directory and holds an exclusive lock on it, so two runs
-    cannot write the same directory at once."""
+    """Opens a run directory under an exclusive lock, so two runs can never write it at once.
 
-    def __init__(self, path, resume: bool = False, force: bool = False):
+    The lock is a POSIX record lock (``fcntl.lockf``) on ``.lock``: it belongs to this process alone, is not
+    inherited by its children (DataLoader workers) and is released by the kernel the moment the process dies,
+    however it dies. ``.lock`` holds the owner's pid and host, named when another run finds it locked.
+
+    ``resume``: ``never`` (the directory must be new or empty; ``force`` clears it once the lock is held),
+    ``always`` (a checkpoint must exist) or ``auto`` (resume when a checkpoint exists, start fresh otherwise;
+    what a restarted or requeued job wants). ``config``: the run's resolved config; ``auto`` refuses a
+    directory whose ``config.yaml`` differs from it. After opening, ``resuming`` says which way it went.
+    """
+
+    def __init__(self, path, resume: str = "never", force: bool = False, config: dict | None = None):
+        if resume not in RESUME_MODES:
+            raise ValueError(f"resume must be one of {RESUME_MODES}, got {resume!r}")
         self.path = Path(path)
-        if self.path.exists() and any(self.path.iterdir()) and not resume:
+        self.ckpt_dir = self.path / "checkpoints"
+        created = not self.path.exists()
+        had_lock_file = (self.path / ".lock").exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunDirError(f"{self.path}: cannot create the run directory ({e.strerror or e})") from None
+        self._fd = self._lock()
+        try:
+            self.resuming = self._decide(resume, force, config)
+        except BaseException:
+            self.close()
+            if created:
+                shutil.rmtree(self.path, ignore_errors=True)
+            elif not had_lock_file:  # leave a directory we refused as we found it
+                (self.path / ".lock").unlink(missing_ok=True)
+            raise
+        self.fresh = not self.resuming
+        self.ckpt_dir.mkdir(exist_ok=True)
+
+    def _lock(self) -> int:
+        lock_path = self.path / ".lock"
+        key = str(self.path.resolve())
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if key in _HELD:
+                raise BlockingIOError
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            try:
+                owner = json.loads(lock_path.read_text() or "{}")
+            except (OSError, ValueError):
+                owner = {}
+            who = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}"
+            if owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname():
+                who += " (this process)"
+            raise RunDirError(f"{self.path}: a live run holds this directory ({who}); wait for it to end or "
+                              f"choose another run.out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                  "since": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode(), 0)
+        _HELD.add(key)
+        self._key = key
+        return fd
+
+    def _contents(self) -> list[Path]:
+        return [p for p in self.path.iterdir() if p.name != ".lock"]
+
+    def has_checkpoint(self) -> bool:
+        return self.ckpt_dir.is_dir() and any(self.ckpt_dir.glob("*.pt"))
+
+    def _decide(self, resume: str, force: bool, config: dict | None) -> bool:
+        """Whether this run resumes; clears the directory (under the lock) where a fresh start needs it."""
+        if resume == "always":
+            if not self.has_checkpoint():
+                raise RunDirError(f"{self.path}: nothing to resume (no checkpoint in {self.ckpt_dir}); "
+                                  f"--resume auto starts a fresh run when there is none")
+            return True
+        if resume == "auto":
+            if self.has_checkpoint():
+                return True
+            if self._contents():  # a run that died before its first checkpoint, or something else entirely
+                self._check_same_config(config)
+                self._clear()
+            return False
+        if self._contents():
             if not force:
                 raise RunDirError(f"{self.path}: run directory exists; pass --resume to continue it or "
                                   f"--force to overwrite it")
-            shutil.rmtree(self.path)
-        if resume and not (self.path / "checkpoints" / "last.pt").is_file():
-            raise RunDirError(f"{self.path}: nothing to resume (no checkpoints/last.pt)")
-        self.fresh = not resume
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.ckpt_dir = self.path / "checkpoints"
-        self.ckpt_dir.mkdir(exist_ok=True)
-        self._lock = open(self.path / ".lock", "w")
+            self._clear()
+        return False
+
+    def _check_same_config(self, config: dict | None) -> None:
+        saved = self.path / "config.yaml"
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise RunDirError(f"{self.path}: another run is writing this directory") from None
+            previous = yaml.safe_load(saved.read_text()) if saved.is_file() else None
+        except (OSError, yaml.YAMLError):
+            previous = None
+        if previous is None:
+            raise RunDirError(f"{self.path}: not empty and not a run directory (no readable config.yaml); "
+                              f"refusing to clear it for --resume auto")
+        if config is not None and json.dumps(previous, sort_keys=True, default=str) != \
+                json.dumps(config, sort_keys=True, default=str):
+            raise RunDirError(f"{self.path}: holds a run with a different config; resume it with its own "
+                              f"config.yaml or choose another run.out")
+
+    def _clear(self) -> None:
+        for p in self._contents():
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
 
     def close(self) -> None:
-        if not self._lock.closed:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the POSIX lock
+            self._fd = None
+            _HELD.discard(self._key)
 
     def discard(self) -> None:
         """Remove a directory this run created when it failed before writing a checkpoint, so the same
         command can simply be run again."""
         self.close()
-        if self.fresh and not any(self.ckpt_dir.glob("*.pt")):
+        if self.fresh and not self.has_checkpoint():
             shutil.rmtree(self.path, ignore_errors=True)
 
 

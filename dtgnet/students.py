@@ -157,7 +157,7 @@ def _read_student_file(path) -> tuple[dict, dict]:
     """(metadata, state dict) of a run checkpoint or an exported safetensors student."""
     import json
 
-    from .teachers import safe_torch_load
+    from .checkpoint import load_checkpoint
 
     path = Path(path)
     if not path.is_file():
@@ -173,7 +173,7 @@ def _read_student_file(path) -> tuple[dict, dict]:
         except Exception as e:
             raise CheckpointError(f"{path}: not a safetensors file ({type(e).__name__})") from None
     else:
-        ckpt = safe_torch_load(path)
+        ckpt = load_checkpoint(path)  # its checksum too, where it has one
         if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
             raise CheckpointError(f"{path}: not a dtgnet checkpoint")
         meta, state = ckpt["meta"], ckpt["model"]

@@ -13,8 +13,8 @@ path, size and modification time. A cache whose key no longer matches is refused
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from torchvision.transforms import v2
 from .data.dataset import VideoDataset
 from .data.transforms import to_tensor
 from .errors import DtgError, VideoDecodeError
+from .storage import reserved_file, write_text_atomic
 from .teachers import Teacher
 
 PREPROCESSING = "resize-short-side,center-crop,float[0,1],teacher-normalisation/1"
@@ -118,18 +119,16 @@ def write_cache(teacher: Teacher, teacher_cfg, dataset: VideoDataset, out_dir, d
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
     arr = np.concatenate([f for f in per_video if f is not None]) if any(counts) else \
         np.zeros((0, teacher.embed_dim), np.float16)
-    npy = out_dir / f"{teacher_cfg.name}.npy"
-    tmp = npy.with_name(npy.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, arr)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, npy)
+    npy, meta = out_dir / f"{teacher_cfg.name}.npy", out_dir / f"{teacher_cfg.name}.json"
+    meta.unlink(missing_ok=True)  # an older index never describes the new embeddings
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(arr))
+    with reserved_file(npy, len(header.getvalue()) + arr.nbytes) as fh:
+        fh.write(header.getvalue())
+        fh.write(np.ascontiguousarray(arr).tobytes())
     index = {"teacher": teacher_fingerprint(teacher, teacher_cfg), "data": data_fingerprint(dataset),
              "offsets": offsets, "counts": counts, "embed_dim": teacher.embed_dim}
-    meta = out_dir / f"{teacher_cfg.name}.json"
-    meta.with_name(meta.name + ".tmp").write_text(json.dumps(index))
-    os.replace(meta.with_name(meta.name + ".tmp"), meta)
+    write_text_atomic(meta, json.dumps(index))
     return npy
 
 

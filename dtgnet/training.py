@@ -3,6 +3,9 @@
 * ``pretrain`` (mode i): DTG loss on two views per video; labels are never read.
 * ``finetune``: cross-entropy on a fraction of the labels, from a pre-trained checkpoint or from scratch.
 * ``joint`` (mode ii): ``CE(classifier(f(x^a)), y) + lambda * L_DTG``, end to end.
+
+SIGTERM or SIGUSR1 (a cluster's preemption notice) lets the step in progress finish, writes a checkpoint on
+every rank's behalf and stops with :class:`~dtgnet.errors.Preempted` (exit status 75 from the CLI).
 """
 from __future__ import annotations
 
@@ -11,7 +14,11 @@ import json
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,24 +27,34 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
-from .checkpoint import config_hash, load_checkpoint, rng_state, save_rotating, set_rng_state
+from .checkpoint import (config_hash, load_checkpoint, load_newest_readable, rng_state, save_rotating,
+                         set_rng_state)
 from .config import Config, labelled_per_batch, save_config, to_dict
 from .data.dataset import VideoDataset, stratified_subset
 from .data.prepare import reader_for
 from .data.lists import VideoList, load_split
-from .errors import CheckpointError, DataError, DtgError, TooManyBadItems
+from .errors import CheckpointError, DataError, DtgError, Preempted, TooManyBadItems
 from .losses import dtg_loss
 from .runlog import Logger, RunDir
+from .storage import DiskFullError
 from .students import DTGStudent, build_student, save_student_safetensors
 from .teacher_cache import build_cache, load_cache
 from .teachers import Teacher, build_teacher
 from .weighting import build_weighting
 
 MODES = ("pretrain", "finetune", "joint")
+PREEMPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class NonFiniteLoss(DtgError):
     pass
+
+
+def _worker_ignores_preemption(_worker_id: int) -> None:
+    """A scheduler signals every process of a job. The main process decides when to stop, after a whole
+    step; a DataLoader worker dying under it would abort that step (workers still exit with their parent)."""
+    for sig in PREEMPT_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 @dataclass(frozen=True)
@@ -201,12 +218,18 @@ class StepModule(torch.nn.Module):
         return out
 
 
+def resume_mode(resume: bool | str) -> str:
+    """``False``/``True`` (the CLI's bare ``--resume``) or a :data:`~dtgnet.runlog.RESUME_MODES` name."""
+    return {False: "never", True: "always"}.get(resume, resume) if isinstance(resume, bool) else resume
+
+
 class Trainer:
-    def __init__(self, cfg: Config, mode: str, init: str | None = None, resume: bool = False,
+    def __init__(self, cfg: Config, mode: str, init: str | None = None, resume: bool | str = False,
                  force: bool = False, progress: bool = True):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}")
         self.cfg, self.mode = cfg, mode
+        self.stop_signal: int | None = None
         self.dist = init_distributed()
         self.progress = progress and self.dist.main
         if cfg.optim.batch_size % self.dist.world:
@@ -219,36 +242,40 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         self.out = Path(cfg.run.out)
         self.run_dir = None
-        failure = None
+        failure, resuming = None, False
         if self.dist.main:  # only rank 0 writes the run directory
             try:
-                self.run_dir = RunDir(cfg.run.out, resume=resume, force=force)
+                self.run_dir = RunDir(cfg.run.out, resume_mode(resume), force, config=to_dict(cfg))
+                resuming = self.run_dir.resuming
             except DtgError as e:
                 failure = e
-        self._agree(failure)
+        self.resuming = self._agree(failure, resuming)
         try:
-            self._setup(init, resume)
+            self._setup(init, self.resuming)
         except BaseException:
             self.close()
             if self.run_dir is not None:
                 self.run_dir.discard()
             raise
 
-    def _agree(self, failure: DtgError | None) -> None:
-        """Every rank stops with rank 0's error instead of waiting for it forever."""
+    def _agree(self, failure: DtgError | None, resuming: bool) -> bool:
+        """Every rank stops with rank 0's error instead of waiting for it forever, and resumes when rank 0
+        found a checkpoint to resume."""
         message = str(failure) if failure else ""
         if self.dist.world > 1:
             import torch.distributed as dist
 
-            box = [message]
+            box = [message, resuming]
             dist.broadcast_object_list(box, src=0)
-            message = box[0]
+            message, resuming = box
         if failure:
             raise failure
         if message:
             raise DtgError(message)
+        return resuming
 
     def close(self) -> None:
+        self._dataloader = None  # persistent workers shut down now, not at interpreter exit
         if getattr(self, "logger", None) is not None:
             self.logger.close()
         if self.run_dir is not None:
@@ -347,6 +374,7 @@ class Trainer:
         self.flops_per_step: float | None = None
         self._dataloader: DataLoader | None = None
         self.weight_history: list[list[float]] = []
+        self.resumed_from: dict | None = None
         if resume:
             self._resume()
         self.logger = Logger(self.out, enabled=self.dist.main)
@@ -381,12 +409,17 @@ class Trainer:
         if self.dist.main:
             try:
                 save_rotating(state, self.out / "checkpoints", self.step, self.cfg.run.keep_checkpoints, best)
-            except OSError as e:
+            except (OSError, DiskFullError) as e:
+                why = e if isinstance(e, DiskFullError) else e.strerror or e
                 raise CheckpointError(f"could not write the step {self.step} checkpoint in {self.out / 'checkpoints'}"
-                                      f" ({e.strerror or e}); the previous checkpoint is intact") from None
+                                      f" ({why}); the previous checkpoint is intact") from None
 
     def _resume(self) -> None:
-        ckpt = load_checkpoint(self.out / "checkpoints" / "last.pt")
+        ckpt, path, skipped = load_newest_readable(self.out / "checkpoints")
+        self.resumed_from = {"path": str(path), "step": ckpt.get("step"), "skipped": skipped}
+        if skipped and self.dist.main:
+            print(f"dtgnet: warning: resuming from {path}, the newest readable checkpoint; passed over: "
+                  f"{'; '.join(skipped)}", file=sys.stderr)
         if ckpt.get("config_hash") != config_hash(to_dict(self.cfg)):
             raise CheckpointError(f"{self.out}: the config differs from the one the run started with; "
                                   f"resume with the run's own config.yaml")
@@ -457,7 +490,8 @@ class Trainer:
             nw = self.cfg.data.num_workers
             self._dataloader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler,
                                           num_workers=nw, drop_last=True, pin_memory=self.device.type == "cuda",
-                                          persistent_workers=nw > 0, prefetch_factor=4 if nw else None)
+                                          persistent_workers=nw > 0, prefetch_factor=4 if nw else None,
+                                          worker_init_fn=_worker_ignores_preemption if nw else None)
         return self._dataloader
 
     def to_batch(self, raw: dict) -> Batch:
@@ -467,19 +501,25 @@ class Trainer:
         return Batch(a, b, raw["label"].to(self.device, non_blocking=nb), raw["index"], raw["frames_a"],
                      raw.get("frames_b"))
 
-    def _count_bad(self, raw: dict) -> None:
+    def _count_bad(self, raw: dict) -> bool:
+        """Count the batch's unreadable items (stop past ``data.max_bad_fraction``) and say whether a
+        preemption signal, received by any rank, stops the run before this batch. One all-reduce gives
+        every rank the same answers."""
         new = [tuple(line.split("\t", 1)) for text in raw["bad"] for line in filter(None, text.split("\n"))]
         seen = len(raw["index"])
-        if self.dist.world > 1:  # every rank must take the same stop decision
+        preempt = self.stop_signal is not None
+        if self.dist.world > 1:
             import torch.distributed as dist
 
-            counts = torch.tensor([seen, len(new)], device=self.device)
+            counts = torch.tensor([seen, len(new), int(preempt)], device=self.device)
             dist.all_reduce(counts)
-            seen, n_bad = counts.tolist()
-            if n_bad:
+            seen, n_bad, preempt = counts.tolist()
+            if n_bad and not preempt:
                 gathered: list = [None] * self.dist.world
                 dist.all_gather_object(gathered, new)
                 new = [item for part in gathered for item in part]
+        if preempt:  # the batch is dropped: the resumed run reads it again
+            return True
         self.items_seen += seen
         for path, reason in new:
             self.bad_items.append((path, reason))
@@ -493,55 +533,93 @@ class Trainer:
                 f"{len(self.bad_items)} of {attempted} items were unreadable ({frac:.1%} > "
                 f"data.max_bad_fraction={self.cfg.data.max_bad_fraction}); first: {self.bad_items[0][0]}: "
                 f"{self.bad_items[0][1]}. Progress saved in {self.out / 'checkpoints' / 'last.pt'}")
+        return False
+
+    @contextmanager
+    def _preemption_handlers(self):
+        """SIGTERM / SIGUSR1 only set a flag; the loop acts on it between steps."""
+        if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+            yield
+            return
+
+        def note(signum, _frame):
+            self.stop_signal = signum
+
+        previous = {sig: signal.signal(sig, note) for sig in PREEMPT_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _preempt(self) -> None:
+        """Checkpoint the last finished step and stop; every rank waits until rank 0's file is on disk."""
+        self._check_finite()
+        self._checkpoint()
+        what = signal.Signals(self.stop_signal).name if self.stop_signal else "a preemption signal to another rank"
+        self.logger.log({"event": "preempted", "signal": what, "step": self.step})
+        if self.dist.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        raise Preempted(f"{what} at step {self.step}: checkpoint written to "
+                        f"{self.out / 'checkpoints' / 'last.pt'}; continue with --resume (or --resume auto)")
 
     def fit(self) -> dict:
         from tqdm import tqdm
 
-        cfg = self.cfg
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.mode} {self.out.name}",
+                   disable=not self.progress, unit="step", dynamic_ncols=True)
         try:
             self.model.train()
             self.logger.log({"event": "start", "mode": self.mode, "device": str(self.device),
                              "videos": len(self.dataset), "steps": self.total_steps,
                              "list_bad": len(self.list_bad)})
+            if self.resumed_from:
+                self.logger.log({"event": "resume", **self.resumed_from})
             for path, reason in self.list_bad:
                 self.logger.log({"event": "bad_item", "step": 0, "path": path, "reason": reason})
-            bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.mode} {self.out.name}",
-                       disable=not self.progress, unit="step", dynamic_ncols=True)
             window = self.window = {"t0": time.perf_counter(), "wait": 0.0, "clips": 0, "loss": [], "weights": []}
-            while self.step < self.total_steps:
-                start = self.step - self.epoch * self.steps_per_epoch
-                t_wait = time.perf_counter()
-                for raw in self.loader(start):
-                    window["wait"] += time.perf_counter() - t_wait
-                    self._count_bad(raw)
-                    if self.flops_per_step is None and not cfg.run.compile:  # count once, on the first step
-                        from torch.utils.flop_counter import FlopCounterMode
-
-                        with FlopCounterMode(display=False) as counter:
-                            out = self.train_step(self.to_batch(raw))
-                        self.flops_per_step = counter.get_total_flops() * self.dist.world
-                    else:
-                        out = self.train_step(self.to_batch(raw))
-                    self.step += 1
-                    window["clips"] += len(raw["index"]) * (2 if "b" in raw else 1) * self.dist.world
-                    window["loss"].append(out["loss"])
-                    if self.teachers:  # every step's effective weights, read back at the next log step
-                        window["weights"].append(self.weighting.weights().detach())
-                    bar.update(1)
-                    if self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
-                        self._log_window(out, window, bar)
-                    if self.step % cfg.run.checkpoint_every == 0 and self.step < self.total_steps:
-                        self._check_finite()
-                        self._checkpoint()
-                    if self.step >= self.total_steps:
-                        break
-                    t_wait = time.perf_counter()
-                self.epoch = self.step // self.steps_per_epoch
+            with self._preemption_handlers():
+                self._loop(window, bar)
             self._checkpoint()
-            bar.close()
             return self._finish()
         finally:
+            bar.close()
             self.close()
+
+    def _loop(self, window: dict, bar) -> None:
+        cfg = self.cfg
+        while self.step < self.total_steps:
+            start = self.step - self.epoch * self.steps_per_epoch
+            t_wait = time.perf_counter()
+            for raw in self.loader(start):
+                window["wait"] += time.perf_counter() - t_wait
+                if self._count_bad(raw):
+                    self._preempt()
+                if self.flops_per_step is None and not cfg.run.compile:  # count once, on the first step
+                    from torch.utils.flop_counter import FlopCounterMode
+
+                    with FlopCounterMode(display=False) as counter:
+                        out = self.train_step(self.to_batch(raw))
+                    self.flops_per_step = counter.get_total_flops() * self.dist.world
+                else:
+                    out = self.train_step(self.to_batch(raw))
+                self.step += 1
+                window["clips"] += len(raw["index"]) * (2 if "b" in raw else 1) * self.dist.world
+                window["loss"].append(out["loss"])
+                if self.teachers:  # every step's effective weights, read back at the next log step
+                    window["weights"].append(self.weighting.weights().detach())
+                bar.update(1)
+                if self.step % cfg.run.log_every == 0 or self.step == self.total_steps:
+                    self._log_window(out, window, bar)
+                if self.step % cfg.run.checkpoint_every == 0 and self.step < self.total_steps:
+                    self._check_finite()
+                    self._checkpoint()
+                if self.step >= self.total_steps:
+                    break
+                t_wait = time.perf_counter()
+            self.epoch = self.step // self.steps_per_epoch
 
     def _check_finite(self) -> None:
         """Raise on a non-finite loss among the steps since the last check (one host sync)."""

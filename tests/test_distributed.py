@@ -1,37 +1,92 @@
-"""DDP through torchrun on the CPU (gloo): 2 processes must train exactly like 1 with the same global batch."""
+"""DDP through torchrun on the CPU (gloo): 2 processes must train exactly like 1 with the same global batch,
+stop together on a preemption signal, and survive the loss of a worker through an elastic restart."""
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import pytest
 import torch
 
 from dtgnet.runlog import read_log
 from tests.test_training import tiny_overrides
 
+STEPS = 6
+COMMON = {"student.freeze_bn": True, "optim.batch_size": 4, "optim.max_steps": STEPS, "run.teacher_cache": True,
+          "loss.weighting": "learned", "loss.queue_size": 8, "data.strong_aug": False, "run.checkpoint_every": 1}
 
-def run(args, tmp_path, nproc):
+
+def command(args, nproc, *torchrun_args):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+                *torchrun_args] if nproc > 1 else [sys.executable]
+    return launcher + ["-m", "dtgnet", *args]
+
+
+def environment():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] \
-        if nproc > 1 else [sys.executable]
-    out = subprocess.run(launcher + ["-m", "dtgnet", *args], capture_output=True, text=True, env=env,
-                         cwd=tmp_path, timeout=600)
+    return env
+
+
+def run(args, tmp_path, nproc):
+    out = subprocess.run(command(args, nproc), capture_output=True, text=True, env=environment(), cwd=tmp_path,
+                         timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
 
 
-def test_two_process_ddp_matches_one_process(tiny_synth, tmp_path):
-    common = {"student.freeze_bn": True, "optim.batch_size": 4, "optim.max_steps": 3, "run.teacher_cache": True,
-              "loss.weighting": "learned", "loss.queue_size": 8, "data.strong_aug": False}
+def start(args, tmp_path, nproc, *torchrun_args):
+    return subprocess.Popen(command(args, nproc, *torchrun_args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=environment(), cwd=tmp_path)
+
+
+def logged_step(run_dir) -> int:
+    return max([r["step"] for r in read_log(run_dir / "log.jsonl") if "loss" in r], default=0)
+
+
+def wait_for(predicate, proc, what):
+    deadline = time.time() + 300
+    while not predicate():
+        if proc.poll() is not None or time.time() > deadline:
+            raise AssertionError(f"{what} never happened: {proc.stdout.read()[-3000:] if proc.stdout else ''}")
+        time.sleep(0.05)
+
+
+def worker_pid(launcher_pid: int, rank: int) -> int:
+    """The pid of a torchrun worker by its RANK (the workers are the launcher's children)."""
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            stat = (env.parent / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(stat[1]) == launcher_pid and f"RANK={rank}".encode() in env.read_bytes().split(b"\0"):
+                return int(env.parent.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no rank {rank} worker under pid {launcher_pid}")
+
+
+def last_tensors(run_dir):
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    return ckpt["step"], ckpt["model"]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_synth, tmp_path_factory):
+    """The same job, uninterrupted, in 1 process and in 2."""
+    work = tmp_path_factory.mktemp("ddp")
     for name, nproc in (("one", 1), ("two", 2)):
-        run(["pretrain", *tiny_overrides(tiny_synth, tmp_path / name, **common), "--no-progress"], tmp_path, nproc)
-    logs = {n: [r for r in read_log(tmp_path / n / "log.jsonl") if "loss" in r] for n in ("one", "two")}
-    assert [r["step"] for r in logs["one"]] == [r["step"] for r in logs["two"]] == [1, 2, 3]
-    for a, b in zip(logs["one"], logs["two"]):
+        run(["pretrain", *tiny_overrides(tiny_synth, work / name, **COMMON), "--no-progress"], work, nproc)
+    return work
+
+
+def test_two_process_ddp_matches_one_process(runs):
+    logs = {n: [r for r in read_log(runs / n / "log.jsonl") if "loss" in r] for n in ("one", "two")}
+    assert [r["step"] for r in logs["one"]] == [r["step"] for r in logs["two"]] == list(range(1, STEPS + 1))
+    for a, b in zip(logs["one"][:3], logs["two"][:3]):
         assert abs(a["loss"] - b["loss"]) < 1e-4 * max(1.0, abs(a["loss"]))
         assert abs(a["weights"]["imagenet"] - b["weights"]["imagenet"]) < 1e-5
-    one = torch.load(tmp_path / "one" / "checkpoints" / "last.pt", weights_only=True)["model"]
-    two = torch.load(tmp_path / "two" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    one, two = last_tensors(runs / "one")[1], last_tensors(runs / "two")[1]
     assert one.keys() == two.keys()
     for k in one:
         # whole-tensor comparison: Adam's first steps turn near-zero gradients (float noise apart) into
@@ -39,4 +94,31 @@ def test_two_process_ddp_matches_one_process(tiny_synth, tmp_path):
         a, b = one[k].double(), two[k].double()
         assert (a - b).norm() <= 1e-3 * a.norm() + 1e-6, k
     # only rank 0 wrote: one log, one events file
-    assert len(list((tmp_path / "two" / "tb").glob("events.*"))) == 1
+    assert len(list((runs / "two" / "tb").glob("events.*"))) == 1
+
+
+def test_sigterm_stops_every_rank_then_an_elastic_restart_finishes_identically(tiny_synth, runs):
+    out = runs / "elastic"
+    args = ["pretrain", *tiny_overrides(tiny_synth, out, **COMMON), "--resume", "auto", "--no-progress"]
+    # 1. SIGTERM to torchrun, which passes it to each rank: they agree on a step, rank 0 checkpoints, all stop
+    job = start(args, runs, 2)
+    wait_for(lambda: logged_step(out) >= 2, job, "step 2")
+    job.send_signal(signal.SIGTERM)
+    printed = job.communicate(timeout=120)[0]
+    assert job.returncode != 0 and printed.count("dtgnet: preempted: SIGTERM at step") == 2, printed[-3000:]
+    stopped = last_tensors(out)[0]
+    assert 2 <= stopped < STEPS
+    assert [r["step"] for r in read_log(out / "log.jsonl") if r.get("event") == "preempted"] == [stopped]
+    # 2. the same command resumes; rank 1 is killed mid-run and torchrun restarts the job, which resumes again
+    job = start(args, runs, 2, "--max-restarts=1", "--monitor-interval=0.1")
+    wait_for(lambda: logged_step(out) > stopped, job, f"step {stopped + 1}")
+    os.kill(worker_pid(job.pid, 1), signal.SIGKILL)
+    printed = job.communicate(timeout=600)[0]
+    assert job.returncode == 0, printed[-3000:]
+    resumes = [r["step"] for r in read_log(out / "log.jsonl") if r.get("event") == "resume"]
+    assert len(resumes) == 2 and resumes[0] == stopped, resumes
+    step, final = last_tensors(out)
+    ref_step, ref = last_tensors(runs / "two")
+    assert step == ref_step == STEPS and final.keys() == ref.keys()
+    different = [k for k in final if not torch.equal(final[k], ref[k])]
+    assert not different, different[:5]

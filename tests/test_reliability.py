@@ -6,21 +6,25 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import dtgnet.training as training
-from dtgnet.checkpoint import atomic_save
+from dtgnet.checkpoint import atomic_save, load_checkpoint, state_tensors
 from dtgnet.cli import main
-from dtgnet.errors import CheckpointError
-from dtgnet.runlog import read_log
+from dtgnet.config import save_config
+from dtgnet.errors import EXIT_PREEMPTED, CheckpointError
+from dtgnet.runlog import RunDir, RunDirError, read_log
+from dtgnet.storage import DiskFullError
 from dtgnet.training import NonFiniteLoss, train
 from tests.test_training import tiny_cfg, tiny_overrides
 
 STEPS = 8
 COMMON = {"optim.max_steps": STEPS, "optim.epochs": 2, "run.checkpoint_every": 1, "run.teacher_cache": True,
-          "loss.weighting": "adaptive", "loss.queue_size": 8, "optim.batch_size": 4, "run.threads": 1}
+          "loss.weighting": "adaptive", "loss.queue_size": 8, "optim.batch_size": 4, "run.threads": 1,
+          "data.num_workers": 2}
 
 
 def dtgnet(args, tmp_path):
@@ -30,39 +34,93 @@ def dtgnet(args, tmp_path):
 
 
 def final_tensors(run_dir):
-    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    out = {f"model.{k}": v for k, v in ckpt["model"].items()}
-    for pid, st in ckpt["optimizer"]["state"].items():
-        out.update({f"optim.{pid}.{k}": v for k, v in st.items() if torch.is_tensor(v)})
-    out.update({f"weighting.{k}": v for k, v in ckpt["weighting"].items()})
-    out.update({f"queue.{i}": q for i, q in enumerate(ckpt["queues"])})
-    return ckpt["step"], out
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    return ckpt["step"], state_tensors(ckpt)
 
 
-def test_sigkill_and_resume_is_bit_identical(tiny_synth, tmp_path):
-    ref = tmp_path / "ref"
-    p = dtgnet(["pretrain", *tiny_overrides(tiny_synth, ref, **COMMON), "--no-progress"], tmp_path)
+def children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (here: a run's DataLoader workers)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def start_and_wait_for_step(root, out, step):
+    """Start a pre-training run on ``root`` into ``out``; return it once its log shows ``step``, with the
+    log's last step."""
+    p = dtgnet(["pretrain", *tiny_overrides(root, out, **COMMON), "--no-progress"], out.parent)
+    deadline = time.time() + 300
+    while time.time() < deadline and p.poll() is None:
+        logged = [r["step"] for r in read_log(out / "log.jsonl") if "loss" in r]
+        if logged and logged[-1] >= step:
+            return p, logged[-1]
+        time.sleep(0.02)
+    raise AssertionError(f"the run never reached step {step}: {p.stderr.read().decode()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_synth, tmp_path_factory):
+    """An uninterrupted run with DataLoader workers: (work dir, final step, final tensors)."""
+    work = tmp_path_factory.mktemp("reliability")
+    p = dtgnet(["pretrain", *tiny_overrides(tiny_synth, work / "ref", **COMMON), "--no-progress"], work)
     assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-2000:]
-    ref_step, ref_tensors = final_tensors(ref)
-    assert ref_step == STEPS
+    return work, *final_tensors(work / "ref")
+
+
+def assert_same(run_dir, reference, what):
+    _, ref_step, ref_tensors = reference
+    step, tensors = final_tensors(run_dir)
+    assert step == ref_step == STEPS and tensors.keys() == ref_tensors.keys()
+    different = [k for k in tensors if not torch.equal(tensors[k], ref_tensors[k])]
+    assert not different, f"{what}: {different[:5]}"
+
+
+def test_sigkill_with_workers_resumes_at_once_bit_identical(tiny_synth, reference):
+    """kill -9 leaves the DataLoader workers running for a while; the lock dies with the main process, so
+    --resume is accepted at once."""
+    work = reference[0]
     rng = random.Random(1234)
     for trial in range(3):
         kill_at = rng.randint(2, STEPS - 2)
-        out = tmp_path / f"killed{trial}"
-        p = dtgnet(["pretrain", *tiny_overrides(tiny_synth, out, **COMMON), "--no-progress"], tmp_path)
-        deadline = time.time() + 300
-        while time.time() < deadline and p.poll() is None:
-            if any(r.get("step", 0) >= kill_at for r in read_log(out / "log.jsonl")):
-                break
-            time.sleep(0.02)
+        out = work / f"killed{trial}"
+        p, _ = start_and_wait_for_step(tiny_synth, out, kill_at)
+        workers = children(p.pid)
         p.send_signal(signal.SIGKILL)
         p.wait()
-        resumed = dtgnet(["pretrain", "-c", str(out / "config.yaml"), "--resume", "--no-progress"], tmp_path)
+        resumed = dtgnet(["pretrain", "-c", str(out / "config.yaml"), "--resume", "--no-progress"], work)
+        assert any(alive(w) for w in workers), "the orphaned workers should outlive the kill for this test"
         assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
-        step, tensors = final_tensors(out)
-        assert step == STEPS and tensors.keys() == ref_tensors.keys()
-        different = [k for k in tensors if not torch.equal(tensors[k], ref_tensors[k])]
-        assert not different, f"kill at step {kill_at}: {different[:5]}"
+        assert_same(out, reference, f"kill at step {kill_at}")
+
+
+def test_sigterm_checkpoints_within_a_step_and_resumes_bit_identical(tiny_synth, reference):
+    work = reference[0]
+    out = work / "preempted"
+    p, logged = start_and_wait_for_step(tiny_synth, out, 3)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=120) == EXIT_PREEMPTED, p.stderr.read().decode()[-2000:]
+    assert "preempted: SIGTERM at step" in p.stderr.read().decode()
+    saved = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"]
+    # the log may have moved on by one step between reading it and the signal landing
+    assert logged <= saved <= logged + 2 < STEPS
+    events = [r for r in read_log(out / "log.jsonl") if r.get("event") == "preempted"]
+    assert events == [{**events[0], "signal": "SIGTERM", "step": saved}]
+    resumed = dtgnet(["pretrain", "-c", str(out / "config.yaml"), "--resume", "auto", "--no-progress"], work)
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
+    assert_same(out, reference, f"SIGTERM at step {saved}")
 
 
 def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
@@ -74,7 +132,7 @@ def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr("dtgnet.checkpoint.torch.save", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(DiskFullError, match="last.pt: No space left on device: writing it needs"):
         atomic_save({"w": torch.zeros(3)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
     assert not list(tmp_path.glob("*.tmp"))
@@ -139,3 +197,144 @@ def test_resume_cli_with_other_config_is_refused(tiny_synth, tmp_path, capsys):
     assert main(["pretrain", *cfg_args, "--no-progress"]) == 0
     assert main(["pretrain", "-c", str(tmp_path / "r" / "config.yaml"), "optim.lr=0.5", "--resume"]) == 2
     assert "config differs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ the run lock
+
+HOLD_LOCK = """
+import sys, time
+from dtgnet.runlog import RunDir
+run = RunDir(sys.argv[1], resume="auto")
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_force_refuses_a_live_run_and_names_it_then_clears_a_dead_ones(tmp_path):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pt").write_bytes(b"precious")
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirError, match=f"live run holds this directory \\(pid {holder.pid} on "):
+            RunDir(out, force=True)
+        assert (out / "checkpoints" / "last.pt").read_bytes() == b"precious"  # nothing deleted under it
+    finally:
+        holder.kill()
+        holder.wait()
+    run = RunDir(out, force=True)  # the owner is dead: the lock is free at once, --force clears the rest
+    try:
+        assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoints"]
+        assert not any((out / "checkpoints").iterdir())
+    finally:
+        run.close()
+
+
+def test_resume_auto_starts_fresh_resumes_or_refuses(tiny_synth, tmp_path, capsys):
+    out = tmp_path / "auto"
+    args = tiny_overrides(tiny_synth, out, **{"optim.max_steps": 2})
+    assert main(["pretrain", *args, "--resume", "auto", "--no-progress"]) == 0  # new directory: fresh
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
+    more = tiny_overrides(tiny_synth, out, **{"optim.max_steps": 3})
+    assert main(["pretrain", *more, "--resume", "auto", "--no-progress"]) == 2  # a different config
+    assert "config differs" in capsys.readouterr().err
+    assert main(["pretrain", *args, "--resume", "auto", "--no-progress"]) == 0  # same config: resumes
+    resumes = [r for r in read_log(out / "log.jsonl") if r.get("event") == "resume"]
+    assert resumes and resumes[-1]["step"] == 2 and resumes[-1]["skipped"] == []
+    # a run that died before its first checkpoint: the same command starts it again
+    died = tmp_path / "died"
+    died.mkdir()
+    (died / "log.jsonl").write_text("")
+    save_config(tiny_cfg(tiny_synth, died, **{"optim.max_steps": 2}), died / "config.yaml")
+    assert main(["pretrain", *tiny_overrides(tiny_synth, died, **{"optim.max_steps": 2}), "--resume", "auto",
+                 "--no-progress"]) == 0
+    # a directory that is not a run is never cleared
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    assert main(["pretrain", *tiny_overrides(tiny_synth, other), "--resume", "auto"]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+def test_resume_falls_back_from_a_damaged_last_checkpoint(tiny_synth, tmp_path, capsys):
+    out = tmp_path / "fb"
+    args = tiny_overrides(tiny_synth, out, **{"optim.max_steps": 3, "run.checkpoint_every": 1,
+                                              "run.keep_checkpoints": 3})
+    assert main(["pretrain", *args, "--no-progress"]) == 0
+    ckpts = out / "checkpoints"
+    check = subprocess.run(["sha256sum", "-c", "last.pt.sha256", "step_00000002.pt.sha256"], cwd=ckpts,
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr  # the sidecars are standard sha256sum lines
+    last = ckpts / "last.pt"  # a hard link to step 3: damaging one damages both
+    data = bytearray(last.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    last.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        load_checkpoint(last)
+    (ckpts / "step_00000002.pt").write_bytes((ckpts / "step_00000002.pt").read_bytes()[:1000])  # cut short
+    more = tiny_overrides(tiny_synth, out, **{"optim.max_steps": 3, "run.checkpoint_every": 1,
+                                              "run.keep_checkpoints": 3})
+    assert main(["pretrain", *more, "--resume", "auto", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "resuming from" in err and "step_00000001.pt" in err and "checksum mismatch" in err
+    resume = [r for r in read_log(out / "log.jsonl") if r.get("event") == "resume"][-1]
+    assert resume["step"] == 1 and len(resume["skipped"]) == 3  # last.pt, step 3, step 2
+    assert load_checkpoint(ckpts / "last.pt")["step"] == 3  # trained on from step 1
+
+
+# ------------------------------------------------------------------------------------------ full disks
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A real file system of a given size (tmpfs), to fill up; skipped where mounting is not allowed."""
+    mounts = []
+
+    def make(size: str) -> Path:
+        mnt = tmp_path / f"disk{len(mounts)}"
+        mnt.mkdir()
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], capture_output=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.decode().strip()}")
+        mounts.append(mnt)
+        return mnt
+
+    yield make
+    for mnt in mounts:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def one_line_error(capsys) -> str:
+    """The command's error: one line, after any progress bars, and no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.endswith("\n"), err
+    last = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+    assert last.startswith("dtgnet: error: "), err
+    return last
+
+
+def test_prepare_and_teacher_cache_on_a_full_disk_fail_cleanly(tiny_synth, small_disk, capsys):
+    disk = small_disk("256k")
+    args = tiny_overrides(tiny_synth, disk / "run")
+    assert main(["data", "prepare", *args, "--out", str(disk / "prep"), "--size", "64"]) == 2
+    err = one_line_error(capsys)
+    assert f"{disk / 'prep' / 'frames.npy'}: No space left on device: writing it needs" in err and "bytes" in err
+    assert sorted(p.name for p in (disk / "prep").iterdir()) == []  # nothing half-written to be taken later
+    assert main(["teacher", "cache", *args, "--out", str(disk / "cache")]) == 2
+    err = one_line_error(capsys)
+    assert f"{disk / 'cache' / 'imagenet.npy'}: No space left on device: writing it needs" in err
+    assert sorted(p.name for p in (disk / "cache").iterdir()) == []
+
+
+def test_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_previous(tiny_synth, small_disk, capsys):
+    disk = small_disk("200m")  # one checkpoint of the tiny student (~141 MB) fits, a second beside it does not
+    args = tiny_overrides(tiny_synth, disk / "run", **{"optim.max_steps": 3, "run.checkpoint_every": 1})
+    assert main(["pretrain", *args, "teachers=[]", "--no-progress"]) == 2
+    err = one_line_error(capsys)
+    assert "could not write the step 2 checkpoint" in err and "No space left on device" in err
+    assert "writing it needs" in err and "previous checkpoint is intact" in err
+    assert load_checkpoint(disk / "run" / "checkpoints" / "last.pt")["step"] == 1
+    assert not list((disk / "run" / "checkpoints").glob("*.tmp"))

@@ -91,9 +91,9 @@ def test_resume_continues_and_run_dir_rules(tiny_synth, tmp_path):
     cfg.optim.max_steps = 6
     with pytest.raises(Exception, match="config differs"):
         Trainer(cfg, "pretrain", resume=True, progress=False)
-    lock = RunDir(out, resume=True)
-    with pytest.raises(RunDirError, match="another run"):
-        RunDir(out, resume=True)
+    lock = RunDir(out, resume="always")
+    with pytest.raises(RunDirError, match="live run holds .*this process"):
+        RunDir(out, resume="always")
     lock.close()
 
 

@@ -7,6 +7,7 @@ Disk cost: ``S * S * 3`` bytes per frame, e.g. 4.4 GB per hour of 25 fps video a
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 from torchvision.transforms import v2
 
 from ..errors import DataError, VideoDecodeError
+from ..storage import reserved_file, write_text_atomic
 from .lists import VideoList
 from .transforms import to_tensor
 
@@ -39,25 +41,26 @@ def prepare(lists: list[VideoList], reader, out_dir, size: int, progress: bool =
         except VideoDecodeError as e:
             bad.append({"path": rel, "reason": e.reason})
     total = sum(counts.values())
-    tmp = out_dir / "frames.npy.tmp"
-    frames = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(total, size, size, 3))
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (total, size, size, 3)})
     resize = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
     entries, row = {}, 0
-    for rel, n in tqdm(list(counts.items()), desc="prepare", disable=not progress, unit="video"):
-        try:
-            clip = resize(to_tensor(reader.read(root / rel, range(n))))  # (n, 3, S, S) uint8
-        except VideoDecodeError as e:
-            bad.append({"path": rel, "reason": e.reason})
-            continue
-        frames[row:row + n] = clip.permute(0, 2, 3, 1).numpy()
-        st = (root / rel).stat()
-        entries[rel] = [row, n, st.st_size, st.st_mtime_ns]
-        row += n
-    frames.flush()
-    del frames
-    os.replace(tmp, out_dir / "frames.npy")
+    (out_dir / "index.json").unlink(missing_ok=True)  # an older index never describes the new frames
+    with reserved_file(out_dir / "frames.npy", len(header.getvalue()) + total * size * size * 3) as fh:
+        fh.write(header.getvalue())
+        for rel, n in tqdm(list(counts.items()), desc="prepare", disable=not progress, unit="video"):
+            try:
+                clip = resize(to_tensor(reader.read(root / rel, range(n))))  # (n, 3, S, S) uint8
+            except VideoDecodeError as e:
+                bad.append({"path": rel, "reason": e.reason})
+                continue
+            fh.write(clip.permute(0, 2, 3, 1).contiguous().numpy().tobytes())  # rows in order, (n, S, S, 3)
+            st = (root / rel).stat()
+            entries[rel] = [row, n, st.st_size, st.st_mtime_ns]
+            row += n
     index = {"size": size, "root": str(root), "entries": entries, "bad": bad}
-    (out_dir / "index.json").write_text(json.dumps(index))
+    write_text_atomic(out_dir / "index.json", json.dumps(index))
     return {"videos": len(entries), "frames": row, "bytes": (out_dir / "frames.npy").stat().st_size, "bad": bad}
 
 
