@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,8 @@ def main() -> None:
     root = work / "data"
     if not (root / "train.txt").exists():
         generate(root, PRESET, seed=0, progress=False)
+    for old in [work / "reference", *work.glob("trial*")]:  # runs of an earlier invocation
+        shutil.rmtree(old)
     ref = launch(overrides(root, work / "reference", args.steps, args.workers))
     if ref.wait() != 0:
         sys.exit(f"reference run failed: {ref.stderr.read()[-2000:]}")

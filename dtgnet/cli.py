@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -27,6 +28,25 @@ def _add_train(sub, name: str, helptext: str):
         p.add_argument("--init", help="checkpoint (.pt) or student.safetensors whose backbone initialises the "
                                       "student; omit to train from scratch")
     return p
+
+
+def _add_bulk(p) -> None:
+    """Options of the commands that decode a whole dataset (prepare, teacher cache)."""
+    p.add_argument("--workers", type=int, default=-1,
+                   help="decoding processes (default: the cores available); 0 decodes in this process")
+    p.add_argument("--fps", type=float, default=0.0,
+                   help="keep about this many frames per second of each video (default: every frame)")
+    p.add_argument("--stride", type=int, default=1, help="keep every N-th frame (ignored with --fps)")
+
+
+def _bulk_options(args) -> dict:
+    if args.fps < 0:
+        raise DtgError(f"--fps must be >= 0, got {args.fps}")
+    if args.stride < 1:
+        raise DtgError(f"--stride must be >= 1, got {args.stride}")
+    if args.workers < -1:
+        raise DtgError(f"--workers must be >= 0, got {args.workers}")
+    return {"fps": args.fps, "stride": args.stride, "workers": None if args.workers == -1 else args.workers}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
     prep.add_argument("--out", required=True, help="output directory")
     prep.add_argument("--size", type=int, default=0, help="stored frame side (default: data.size * 8/7)")
+    _add_bulk(prep)
 
     teacher = sub.add_parser("teacher", help="train an image-based action teacher, cache teacher features",
                              description="Train an image-based action teacher from still images, or write the "
@@ -85,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     tcache.add_argument("-c", "--config", help=CONFIG_HELP)
     tcache.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
     tcache.add_argument("--out", help="cache directory (default: run.teacher_cache_dir)")
+    _add_bulk(tcache)
 
     _add_train(sub, "pretrain", "mode i: self-supervised DTG pre-training (labels are not read)")
     _add_train(sub, "finetune", "fine-tune a student on (a fraction of) the labels")
@@ -149,7 +171,9 @@ def _cmd_data_prepare(args) -> int:
         raise DtgError(f"--size {size} is smaller than data.size={cfg.data.size}")
     lists = [load_split(cfg.data, s) for s in ("train", "val", "test")
              if getattr(cfg.data, f"{s}_list") or cfg.data.format == "hmdb51"]
-    r = prepare(lists, get_reader(cfg.data.reader), args.out, size)
+    r = prepare(lists, get_reader(cfg.data.reader), args.out, size, **_bulk_options(args))
+    if not r["videos"] and not r["bad"]:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     print(f"prepared {r['videos']} videos, {r['frames']} frames at {size}x{size}: {r['bytes'] / 2**20:.1f} MiB "
           f"({r['bytes'] / max(r['frames'], 1) / 1024:.1f} KiB per frame), {len(r['bad'])} unreadable -> {args.out}")
     return 0
@@ -188,8 +212,8 @@ def _cmd_teacher_cache(args) -> int:
     from .config import load_config
     from .data.dataset import VideoDataset
     from .data.lists import load_split
-    from .data.prepare import reader_for
-    from .teacher_cache import write_cache
+    from .data.video import get_reader
+    from .teacher_cache import write_caches
     from .teachers import build_teacher
     from .training import pick_device
 
@@ -199,11 +223,13 @@ def _cmd_teacher_cache(args) -> int:
         raise DtgError("--out or run.teacher_cache_dir must name the cache directory")
     if not cfg.teachers:
         raise DtgError("the config names no teachers")
-    device = pick_device(cfg.run.device)
-    videos = load_split(cfg.data, "train")
-    dataset = VideoDataset(videos, "single", cfg.data.frames, cfg.data.size, reader=reader_for(cfg.data))
-    for tc in cfg.teachers:
-        path = write_cache(build_teacher(tc).to(device), tc, dataset, out, device)
+    options = _bulk_options(args)
+    device = pick_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
+    source = get_reader(cfg.data.reader)  # the teachers see the source frames, never a prepared copy
+    dataset = VideoDataset(load_split(cfg.data, "train"), "single", cfg.data.frames, cfg.data.size, reader=source)
+    teachers = [build_teacher(tc).to(device) for tc in cfg.teachers]
+    paths = write_caches(teachers, cfg.teachers, dataset, out, device, **options)
+    for tc, path in zip(cfg.teachers, paths):
         print(f"teacher {tc.name}: {len(dataset)} videos -> {path}")
     return 0
 

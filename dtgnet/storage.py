@@ -39,6 +39,15 @@ def no_space_error(path: Path, nbytes: int, err: OSError) -> DiskFullError:
     return DiskFullError(f"{path}: {err.strerror or err}: writing it needs {_human(nbytes)} ({nbytes} bytes){where}")
 
 
+def _allocate(fd: int, nbytes: int) -> None:
+    try:
+        if nbytes > 0:
+            os.posix_fallocate(fd, 0, nbytes)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve still
+            raise                                           # reports a full disk on write
+
+
 @contextmanager
 def reserved_file(path, nbytes: int):
     """Yield a binary file handle on ``path.tmp`` with ``nbytes`` reserved on disk; on success the file is
@@ -47,12 +56,7 @@ def reserved_file(path, nbytes: int):
     tmp = path.with_name(path.name + ".tmp")
     fh = open(tmp, "wb")
     try:
-        try:
-            if nbytes > 0:
-                os.posix_fallocate(fh.fileno(), 0, nbytes)
-        except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve still
-                raise                                           # reports a full disk on write
+        _allocate(fh.fileno(), nbytes)
         yield fh
         fh.flush()
         os.fsync(fh.fileno())
@@ -68,6 +72,47 @@ def reserved_file(path, nbytes: int):
         fh.close()
         tmp.unlink(missing_ok=True)
         raise
+
+
+class RowFile:
+    """A fixed-size output written piecewise at known offsets by one or several processes (``pwrite``),
+    e.g. a ``.npy`` whose rows belong to many videos. ``create`` reserves the whole size up front (a full
+    disk fails there); ``open`` attaches to one that exists (another rank's, or an interrupted run's)."""
+
+    def __init__(self, path, nbytes: int, create: bool):
+        self.path, self.nbytes = Path(path), nbytes
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | (os.O_CREAT | os.O_TRUNC if create else 0), 0o644)
+        except OSError as e:
+            raise DtgError(f"{self.path}: cannot open for writing ({e.strerror or e})") from None
+        try:
+            if create:
+                _allocate(self.fd, nbytes)
+        except OSError as e:
+            os.close(self.fd)
+            self.path.unlink(missing_ok=True)
+            if e.errno in _NO_SPACE:
+                raise no_space_error(self.path, nbytes, e) from None
+            raise
+
+    def write(self, offset: int, data) -> None:
+        view = memoryview(data).cast("B")
+        try:
+            while len(view):
+                done = os.pwrite(self.fd, view, offset)
+                view, offset = view[done:], offset + done
+        except OSError as e:
+            if e.errno in _NO_SPACE:
+                raise no_space_error(self.path, self.nbytes, e) from None
+            raise
+
+    def sync(self) -> None:
+        os.fdatasync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def write_text_atomic(path, text: str) -> None:

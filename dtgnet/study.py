@@ -43,7 +43,7 @@ from .errors import DtgError
 from .evaluation import eval_dataset, evaluate_model, extract, extract_teacher, frozen_feature_scores
 from .recipes import Sizes, base_config, finetune_config, fresh_out_dir, pretrain_config, synth_teachers
 from .students import load_student
-from .teacher_cache import write_cache
+from .teacher_cache import write_caches
 from .teachers import build_teacher, train_action_teacher
 from .training import pick_device, train
 
@@ -159,9 +159,9 @@ class Study:
 
         def caches():  # teachers embed the original frames, not the student's downsized copy
             train_set = VideoDataset(lists[0], "single", s.frames, s.size, reader=get_reader("pyav"))
-            for tc in synth_teachers(s, self.action["path"]):
-                write_cache(build_teacher(tc).to(self.device), tc, train_set, self.out / "teacher_cache",
-                            self.device, self.progress)
+            tcs = synth_teachers(s, self.action["path"])
+            write_caches([build_teacher(tc).to(self.device) for tc in tcs], tcs, train_set,
+                         self.out / "teacher_cache", self.device, progress=self.progress)
             return {"teachers": list(TEACHERS), "videos": len(train_set)}
 
         self.record("teacher_cache", caches)

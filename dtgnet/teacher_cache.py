@@ -1,33 +1,38 @@
 """Teacher-feature cache: every frame of every training video embedded once by each frozen teacher.
 
 Training then looks up ``mean_t cache[video, frame_t]`` for a view instead of running the teachers on it,
-which removes the teachers' cost from every step. Cached teachers see the clean frame (short side resized
-to the teacher's input size, centre crop), not the student's augmented view.
+which removes the teachers' cost from every step. Cached teachers see the clean frame (short side scaled to
+the teacher's own input size by the decoder, centre crop), decoded from the source video (never from a
+smaller prepared copy), not the student's augmented view. Each video is decoded once for all teachers, and
+frames from several videos fill each teacher batch (:mod:`dtgnet.data.bulk`: bounded memory, parallel
+decoding, ``stride`` / ``fps`` subsampling with lookups snapped to the nearest cached frame).
 
 In memory (``run.teacher_cache=true``) the cache is built when a run starts. On disk
 (`dtgnet teacher cache -c CONFIG`, then ``run.teacher_cache_dir``) it is one float16 ``.npy`` per teacher,
-memory-mapped, plus ``index.json``: the video order, each video's frame offset and count, and a key made of
-the teacher's identity (source, weights, a hash of its parameters), its preprocessing, and every video's
-path, size and modification time. A cache whose key no longer matches is refused, naming what changed.
+memory-mapped, plus ``<name>.json``: the video order, each video's first row, kept frame count and stride,
+and a key made of the teacher's identity (source, weights, a hash of its parameters), its preprocessing, and
+every video's path, size and modification time. A cache whose key no longer matches is refused, naming what
+changed. Writing it resumes after an interruption and shards over torchrun ranks like `dtgnet data prepare`.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
+from .data.bulk import (Journal, Shard, Video, decode_all, default_workers, join_shards, npy_header, plan_key,
+                        plan_videos)
 from .data.dataset import VideoDataset
-from .data.transforms import to_tensor
 from .errors import DtgError, VideoDecodeError
-from .storage import reserved_file, write_text_atomic
+from .storage import RowFile, write_text_atomic
 from .teachers import Teacher
 
-PREPROCESSING = "resize-short-side,center-crop,float[0,1],teacher-normalisation/1"
+PREPROCESSING = "decoder-area-short-side,center-crop,float[0,1],teacher-normalisation/2"
+BATCH_FRAMES = 256
 
 
 class StaleCacheError(DtgError):
@@ -35,52 +40,87 @@ class StaleCacheError(DtgError):
 
 
 class TeacherCache:
-    """``per_video[i]``: ``(frames_i, D)`` float16 embeddings of video ``i`` (None if it was unreadable)."""
+    """``per_video[i]``: ``(kept_i, D)`` float16 embeddings of video ``i`` (None if it was unreadable), of its
+    frames ``0, stride_i, 2 stride_i, ...``."""
 
-    def __init__(self, per_video: list, embed_dim: int):
+    def __init__(self, per_video: list, embed_dim: int, strides: list[int] | None = None):
         self.per_video = per_video
         self.embed_dim = embed_dim
+        self.strides = strides or [1] * len(per_video)
 
     def lookup(self, index: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """``index`` ``(B,)`` video indices, ``frames`` ``(B, T)`` frame indices -> ``(B, D)`` float32."""
+        """``index`` ``(B,)`` video indices, ``frames`` ``(B, T)`` source frame indices -> ``(B, D)`` float32,
+        each frame snapped to the nearest cached one."""
         rows = []
         for i, f in zip(index.tolist(), frames.numpy()):
             feats = self.per_video[i]
             if feats is None:
                 raise VideoDecodeError(f"video #{i}", "not in the teacher cache (unreadable when it was built)")
-            rows.append(torch.from_numpy(np.asarray(feats[np.minimum(f, len(feats) - 1)], dtype=np.float32)).mean(0))
+            kept = np.minimum(np.rint(f / self.strides[i]).astype(np.int64), len(feats) - 1)
+            rows.append(torch.from_numpy(np.asarray(feats[kept], dtype=np.float32)).mean(0))
         return torch.stack(rows)  # (B, D)
 
 
-def _frames_resize(size: int) -> v2.Compose:
-    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True)])
+class _Embedder:
+    """Gathers decoded chunks from any videos until a teacher batch is full, then runs every teacher on it
+    and hands each chunk's embeddings to ``write(teacher number, first row, (k, D) float16)``."""
+
+    def __init__(self, teachers: list[Teacher], device, write: Callable[[int, int, np.ndarray], None],
+                 batch_frames: int = BATCH_FRAMES):
+        self.teachers, self.device, self.write, self.batch_frames = teachers, device, write, batch_frames
+        self.sizes = sorted({t.input_size for t in teachers})
+        self.pending: list[tuple[int, list[np.ndarray]]] = []
+
+    def add(self, video: Video, pos: int, chunk: list[np.ndarray]) -> None:
+        self.pending.append((video.row + pos, chunk))
+        if sum(len(c[0]) for _, c in self.pending) >= self.batch_frames:
+            self.flush()
+
+    @torch.no_grad()
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        lengths = [len(c[0]) for _, c in self.pending]
+        for k, teacher in enumerate(self.teachers):
+            s = self.sizes.index(teacher.input_size)
+            frames = torch.from_numpy(np.concatenate([c[s] for _, c in self.pending]))  # (N, S, S, 3) uint8
+            x = frames.to(self.device).permute(0, 3, 1, 2).float().div_(255)  # (N, 3, S, S) in [0, 1]
+            emb = teacher.embed_frames(x).half().cpu().numpy()  # (N, D)
+            for (row, _), start, n in zip(self.pending, np.cumsum([0] + lengths[:-1]), lengths):
+                self.write(k, row, emb[start:start + n])
+        self.pending = []
 
 
-@torch.no_grad()
-def embed_videos(teacher: Teacher, dataset: VideoDataset, device, batch_frames: int = 256,
-                 progress: bool = True) -> list[np.ndarray | None]:
-    """Every frame of every video of ``dataset`` through ``teacher``: a list of ``(frames, D)`` float16."""
-    from tqdm import tqdm
-
-    resize = _frames_resize(teacher.input_size)
-    out: list[np.ndarray | None] = []
-    for i in tqdm(range(len(dataset)), desc=f"teacher cache {teacher.name}", disable=not progress, unit="video"):
-        path = dataset.videos.full_path(dataset.entries[i])
-        try:
-            n = dataset.reader.info(path).num_frames
-            frames = resize(to_tensor(dataset.reader.read(path, range(n))))  # (n, 3, S, S)
-        except VideoDecodeError:
-            out.append(None)
-            continue
-        feats = [teacher.embed_frames(frames[j:j + batch_frames].to(device)).half().cpu()
-                 for j in range(0, n, batch_frames)]
-        out.append(torch.cat(feats).numpy())
-    return out
+def _plan(dataset: VideoDataset, reader, stride: int, fps: float, workers: int, shard: Shard,
+          progress: bool) -> tuple[list[Video], list[Video | None]]:
+    """Readable videos (rows assigned) and, per dataset entry, its video or None."""
+    names = [e.path for e in dataset.entries]
+    videos, _ = plan_videos([dataset.videos.full_path(e) for e in dataset.entries], names, reader, stride, fps,
+                            workers, shard, progress, "teacher cache")
+    by_name = {v.path: v for v in videos}
+    return videos, [by_name.get(n) for n in names]
 
 
-def build_cache(teacher: Teacher, dataset: VideoDataset, device, progress: bool = True) -> TeacherCache:
-    """In-memory cache for one run."""
-    return TeacherCache(embed_videos(teacher, dataset, device, progress=progress), teacher.embed_dim)
+def build_caches(teachers: list[Teacher], dataset: VideoDataset, device, reader=None, stride: int = 1,
+                 fps: float = 0.0, workers: int = 0, progress: bool = True) -> list[TeacherCache]:
+    """In-memory caches of ``dataset``'s videos for one run, from one decode of each video. ``reader``:
+    the source videos' reader (default: the dataset's)."""
+    reader = reader or dataset.reader
+    videos, per_entry = _plan(dataset, reader, stride, fps, workers, Shard(), progress)
+    total = sum(v.kept for v in videos)
+    arrays = [np.zeros((total, t.embed_dim), np.float16) for t in teachers]
+
+    def write(k: int, row: int, emb: np.ndarray) -> None:
+        arrays[k][row:row + len(emb)] = emb
+
+    embedder = _Embedder(teachers, device, write)
+    failed = decode_all(videos, dataset.videos.root, reader, embedder.sizes, workers, embedder.add, progress,
+                        "teacher cache", sync=embedder.flush)
+    embedder.flush()
+    failed_paths = {videos[k].path for k in failed}
+    strides = [v.stride if v else 1 for v in per_entry]
+    return [TeacherCache([arr[v.row:v.row + v.kept] if v and v.path not in failed_paths else None
+                          for v in per_entry], t.embed_dim, strides) for t, arr in zip(teachers, arrays)]
 
 
 # ------------------------------------------------------------------------------------------ on disk
@@ -110,26 +150,68 @@ def data_fingerprint(dataset: VideoDataset) -> list[list]:
     return rows
 
 
-def write_cache(teacher: Teacher, teacher_cfg, dataset: VideoDataset, out_dir, device, progress: bool = True) -> Path:
-    """Embed every frame and write ``<name>.npy`` + ``<name>.json`` under ``out_dir`` (atomically)."""
+def write_caches(teachers: list[Teacher], teacher_cfgs, dataset: VideoDataset, out_dir, device, reader=None,
+                 stride: int = 1, fps: float = 0.0, workers: int | None = None, progress: bool = True) -> list[Path]:
+    """Embed every kept frame with every teacher (one decode per video) and write ``<name>.npy`` +
+    ``<name>.json`` per teacher under ``out_dir``; resumable, and shared out over torchrun ranks."""
+    shard = join_shards()
+    workers = default_workers() if workers is None else workers
+    reader = reader or dataset.reader
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    per_video = embed_videos(teacher, dataset, device, progress=progress)
-    counts = [0 if f is None else len(f) for f in per_video]
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
-    arr = np.concatenate([f for f in per_video if f is not None]) if any(counts) else \
-        np.zeros((0, teacher.embed_dim), np.float16)
-    npy, meta = out_dir / f"{teacher_cfg.name}.npy", out_dir / f"{teacher_cfg.name}.json"
-    meta.unlink(missing_ok=True)  # an older index never describes the new embeddings
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(arr))
-    with reserved_file(npy, len(header.getvalue()) + arr.nbytes) as fh:
-        fh.write(header.getvalue())
-        fh.write(np.ascontiguousarray(arr).tobytes())
-    index = {"teacher": teacher_fingerprint(teacher, teacher_cfg), "data": data_fingerprint(dataset),
-             "offsets": offsets, "counts": counts, "embed_dim": teacher.embed_dim}
-    write_text_atomic(meta, json.dumps(index))
-    return npy
+    videos, per_entry = _plan(dataset, reader, stride, fps, workers, shard, progress)
+    total = sum(v.kept for v in videos)
+    fingerprints = [teacher_fingerprint(t, tc) for t, tc in zip(teachers, teacher_cfgs)]
+    names = [tc.name for tc in teacher_cfgs]
+    if shard.rank == 0:
+        for name in names:  # an older index never describes the new embeddings
+            (out_dir / f"{name}.json").unlink(missing_ok=True)
+    tmps = [out_dir / f"{name}.npy.tmp" for name in names]
+    journal = Journal(out_dir / ("+".join(names) + ".progress"),
+                      plan_key(videos, dataset.videos.root, {"teachers": fingerprints}), shard,
+                      resumable=all(t.is_file() for t in tmps))
+    headers = [npy_header((total, t.embed_dim), np.float16) for t in teachers]
+    sizes = [len(h) + total * t.embed_dim * 2 for h, t in zip(headers, teachers)]
+    if shard.rank == 0 and journal.fresh:
+        for tmp, nbytes in zip(tmps, sizes):
+            RowFile(tmp, nbytes, create=True).close()
+    shard.barrier()
+    files = [RowFile(tmp, nbytes, create=False) for tmp, nbytes in zip(tmps, sizes)]
+    try:
+        for f, h in zip(files, headers):
+            f.write(0, h)
+
+        def write(k: int, row: int, emb: np.ndarray) -> None:
+            files[k].write(len(headers[k]) + row * emb.shape[1] * 2, np.ascontiguousarray(emb))
+
+        embedder = _Embedder(teachers, device, write)
+
+        def sync() -> None:  # embed what is waiting, then make it durable, before journalling its videos
+            embedder.flush()
+            for f in files:
+                f.sync()
+
+        decode_all(videos, dataset.videos.root, reader, embedder.sizes, workers, embedder.add, progress,
+                   "teacher cache", journal=journal, sync=sync)
+    finally:
+        for f in files:
+            f.close()
+        journal.close()
+    shard.barrier()
+    paths = [out_dir / f"{name}.npy" for name in names]
+    if shard.rank:
+        return paths
+    failed = {videos[k].path for k, reason in journal.read().items() if reason}
+    rows = [v if v and v.path not in failed else None for v in per_entry]
+    data = data_fingerprint(dataset)
+    for tmp, path, name, fp, teacher in zip(tmps, paths, names, fingerprints, teachers):
+        tmp.replace(path)
+        index = {"teacher": fp, "data": data, "offsets": [v.row if v else 0 for v in rows],
+                 "counts": [v.kept if v else 0 for v in rows], "strides": [v.stride if v else 1 for v in rows],
+                 "embed_dim": teacher.embed_dim}
+        write_text_atomic(out_dir / f"{name}.json", json.dumps(index))
+    journal.remove()
+    return paths
 
 
 def load_cache(teacher: Teacher, teacher_cfg, dataset: VideoDataset, cache_dir) -> TeacherCache:
@@ -145,17 +227,19 @@ def load_cache(teacher: Teacher, teacher_cfg, dataset: VideoDataset, cache_dir) 
     if changed:
         raise StaleCacheError(f"{meta_path}: stale teacher cache, the teacher's {', '.join(changed)} changed; "
                               f"rebuild it with `dtgnet teacher cache -c CONFIG`")
-    rows = {path: (size, mtime, off, count) for (path, size, mtime), off, count
-            in zip(index["data"], index["offsets"], index["counts"])}
+    strides = index.get("strides", [1] * len(index["counts"]))
+    rows = {path: (size, mtime, off, count, stride) for (path, size, mtime), off, count, stride
+            in zip(index["data"], index["offsets"], index["counts"], strides)}
     arr = np.load(npy, mmap_mode="r")
-    per_video = []
+    per_video, per_stride = [], []
     for path, size, mtime in data_fingerprint(dataset):  # by path: a run may train on a subset of the videos
         if path not in rows:
             raise StaleCacheError(f"{meta_path}: stale teacher cache, {path} is not in it; "
                                   f"rebuild it with `dtgnet teacher cache -c CONFIG`")
-        c_size, c_mtime, off, count = rows[path]
+        c_size, c_mtime, off, count, stride = rows[path]
         if (c_size, c_mtime) != (size, mtime):
             raise StaleCacheError(f"{meta_path}: stale teacher cache, {path} changed (size or modification "
                                   f"time); rebuild it with `dtgnet teacher cache -c CONFIG`")
         per_video.append(arr[off:off + count] if count else None)
-    return TeacherCache(per_video, index["embed_dim"])
+        per_stride.append(stride)
+    return TeacherCache(per_video, index["embed_dim"], per_stride)

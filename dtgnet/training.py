@@ -32,13 +32,14 @@ from .checkpoint import (config_hash, load_checkpoint, load_newest_readable, rng
 from .config import Config, labelled_per_batch, save_config, to_dict
 from .data.dataset import VideoDataset, stratified_subset
 from .data.prepare import reader_for
+from .data.video import get_reader
 from .data.lists import VideoList, load_split
 from .errors import CheckpointError, DataError, DtgError, Preempted, TooManyBadItems
 from .losses import dtg_loss
 from .runlog import Logger, RunDir
 from .storage import DiskFullError
 from .students import DTGStudent, build_student, save_student_safetensors
-from .teacher_cache import build_cache, load_cache
+from .teacher_cache import build_caches, load_cache
 from .teachers import Teacher, build_teacher
 from .weighting import build_weighting
 
@@ -328,7 +329,8 @@ class Trainer:
             self.caches = [load_cache(t, tc, self.dataset, cfg.run.teacher_cache_dir)
                            for t, tc in zip(self.teachers, cfg.teachers)]
         elif self.teachers and cfg.run.teacher_cache:
-            self.caches = [build_cache(t, self.dataset, self.device, progress=self.progress) for t in self.teachers]
+            self.caches = build_caches(self.teachers, self.dataset, self.device, get_reader(cfg.data.reader),
+                                       workers=cfg.data.num_workers, progress=self.progress)
         self.weighting = build_weighting(cfg.loss, [t.weight for t in cfg.teachers] if self.teachers else []
                                          ).to(self.device)
         self.queues = [torch.zeros(0, t.embed_dim, device=self.device) for t in self.teachers]

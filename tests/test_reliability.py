@@ -15,7 +15,7 @@ import dtgnet.training as training
 from dtgnet.checkpoint import atomic_save, load_checkpoint, state_tensors
 from dtgnet.cli import main
 from dtgnet.config import save_config
-from dtgnet.errors import EXIT_PREEMPTED, CheckpointError
+from dtgnet.errors import EXIT_PREEMPTED, CheckpointError, Preempted
 from dtgnet.runlog import RunDir, RunDirError, read_log
 from dtgnet.storage import DiskFullError
 from dtgnet.training import NonFiniteLoss, train
@@ -338,3 +338,23 @@ def test_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_previous(tiny_synth
     assert "writing it needs" in err and "previous checkpoint is intact" in err
     assert load_checkpoint(disk / "run" / "checkpoints" / "last.pt")["step"] == 1
     assert not list((disk / "run" / "checkpoints").glob("*.tmp"))
+
+
+def test_sigusr1_in_process_stops_after_the_step_with_a_checkpoint(tiny_synth, tmp_path, monkeypatch):
+    cfg = tiny_cfg(tiny_synth, tmp_path / "usr1", **{"optim.max_steps": 6, "run.checkpoint_every": 10})
+    cfg.teachers = []
+    real, calls = training.dtg_loss, {"n": 0}
+
+    def signalled_in_step_2(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(training, "dtg_loss", signalled_in_step_2)
+    before = signal.getsignal(signal.SIGUSR1)
+    with pytest.raises(Preempted, match="SIGUSR1 at step 2"):
+        train(cfg, "pretrain", progress=False)
+    assert calls["n"] == 2  # no step started after the signal
+    assert load_checkpoint(tmp_path / "usr1" / "checkpoints" / "last.pt")["step"] == 2
+    assert signal.getsignal(signal.SIGUSR1) is before  # the run's handler is gone with the run

@@ -143,7 +143,7 @@ def test_cli_modes(tiny_synth, tmp_path, capsys):
 
 def test_teacher_cache_matches_online_teacher_on_clean_frames(tiny_synth, tmp_path):
     from dtgnet.data.transforms import eval_transform, to_tensor
-    from dtgnet.teacher_cache import build_cache
+    from dtgnet.teacher_cache import build_caches
 
     cfg = tiny_cfg(tiny_synth, tmp_path / "c", **{"run.teacher_cache": True})
     tr = Trainer(cfg, "pretrain", progress=False)
@@ -157,7 +157,7 @@ def test_teacher_cache_matches_online_teacher_on_clean_frames(tiny_synth, tmp_pa
         torch.testing.assert_close(cache.lookup(torch.tensor([3]), frames), online, atol=2e-2, rtol=2e-2)
         out = tr.train_step(tr.to_batch(next(iter(tr.loader(0)))))
         assert torch.isfinite(out["loss"]) and "teacher/imagenet" in out
-        assert build_cache(tr.teachers[0], ds, "cpu", progress=False).per_video[0].dtype == np.float16
+        assert build_caches(tr.teachers, ds, "cpu", progress=False)[0].per_video[0].dtype == np.float16
     finally:
         tr.logger.close()
         tr.run_dir.close()

@@ -35,6 +35,19 @@ def _check_file(path: Path) -> None:
         raise VideoDecodeError(path, "empty file (0 bytes)")
 
 
+def short_side_dims(width: int, height: int, short: int) -> tuple[int, int]:
+    """(width, height) scaled so that the shorter one is ``short``."""
+    scale = short / min(width, height)
+    return max(short, round(width * scale)), max(short, round(height * scale))
+
+
+def center_crop(frame: np.ndarray, size: int) -> np.ndarray:
+    """The centre ``size`` x ``size`` of an ``(H, W, C)`` frame (offsets rounded as torchvision does)."""
+    h, w = frame.shape[:2]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return frame[top:top + size, left:left + size]
+
+
 def rotate_frame(frame: np.ndarray, degrees: int) -> np.ndarray:
     """Apply a display rotation (counter-clockwise degrees, as FFmpeg's display matrix reports it)."""
     turns = (int(round(degrees / 90.0)) % 4)
@@ -119,6 +132,49 @@ class PyAVReader:
             missing = [i for i in wanted if i not in got]
             raise VideoDecodeError(path, f"truncated: frame {missing[0]} could not be decoded")
         return np.stack([got[int(i)] for i in indices])
+
+    def iter_square(self, path, sizes: Sequence[int], keep: Sequence[int] | None = None):
+        """Decode ``path`` once, front to back (decoder threads on), and yield ``(index, [frame per size])``
+        for the frames in ``keep`` (all when None). Each frame is scaled by the decoder's scaler (libswscale,
+        area filter) so that its short side is S, then centre-cropped to a uint8 ``(S, S, 3)``: no
+        full-resolution RGB array is ever made, and one frame is in memory at a time, whatever the video's
+        length or resolution. With no sizes, frames are decoded and checked but not converted."""
+        import av
+
+        path = Path(path)
+        pts_table = self._table(path)[0]
+        index_of = {int(p): i for i, p in enumerate(pts_table)}
+        wanted = set(range(len(pts_table))) if keep is None else {int(i) for i in keep}
+        if not wanted:
+            return
+        if max(wanted) >= len(pts_table) or min(wanted) < 0:
+            raise VideoDecodeError(path, f"frame {max(wanted)} requested, the video has {len(pts_table)}")
+        last, n_decoded, n_given = max(wanted), 0, 0
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_type = "AUTO"
+                for frame in container.decode(stream):
+                    n_decoded += 1
+                    i = index_of.get(frame.pts)
+                    if i is None or i not in wanted:
+                        continue
+                    rotation = getattr(frame, "rotation", 0) or 0
+                    out = []
+                    for size in sizes:
+                        w, h = short_side_dims(frame.width, frame.height, size)
+                        img = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+                        out.append(center_crop(rotate_frame(img, rotation), size))
+                    n_given += 1
+                    yield i, out
+                    if i >= last:
+                        break
+        except VideoDecodeError:
+            raise
+        except Exception as e:
+            raise VideoDecodeError(path, f"decoding failed after {n_decoded} frames: {type(e).__name__}: {e}") from None
+        if n_given < len(wanted):
+            raise VideoDecodeError(path, f"truncated: {n_given} of {len(wanted)} frames could be decoded")
 
 
 class DecordReader:
@@ -215,6 +271,26 @@ class FrameFolderReader:
             except Exception as e:
                 raise VideoDecodeError(files[i], f"unreadable image: {e}") from None
         return np.stack(out)
+
+
+def iter_square_frames(reader, path, sizes: Sequence[int], keep: Sequence[int] | None = None, chunk: int = 16):
+    """``(index, [uint8 (S, S, 3) per size])`` for the frames of ``path`` in ``keep`` (all when None), short
+    side resized to S and centre-cropped, in bounded memory. PyAV scales inside its decoder; other readers
+    read ``chunk`` frames at a time and resize with torchvision."""
+    if hasattr(reader, "iter_square"):
+        yield from reader.iter_square(path, sizes, keep)
+        return
+    import torch
+    from torchvision.transforms import v2
+
+    resizers = [v2.Compose([v2.Resize(s, antialias=True), v2.CenterCrop(s)]) for s in sizes]
+    indices = list(range(reader.info(path).num_frames)) if keep is None else [int(i) for i in keep]
+    for start in range(0, len(indices), chunk):
+        part = indices[start:start + chunk]
+        frames = torch.from_numpy(reader.read(path, part)).permute(0, 3, 1, 2)  # (k, 3, H, W)
+        per_size = [r(frames).permute(0, 2, 3, 1).numpy() for r in resizers]  # each (k, S, S, 3)
+        for k, i in enumerate(part):
+            yield i, [p[k] for p in per_size]
 
 
 _READERS = {"pyav": PyAVReader, "decord": DecordReader, "torchcodec": TorchCodecReader, "frames": FrameFolderReader}
