@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 
 import dtgnet.data.bulk as bulk
 from dtgnet.cli import main
@@ -16,7 +15,6 @@ from dtgnet.data.lists import load_split
 from dtgnet.data.prepare import PreparedReader
 from dtgnet.data.video import PyAVReader
 from tests.conftest import write_long_video
-from tests.test_training import tiny_overrides
 
 PEAK_ABOVE_BASELINE_MB = 600
 
