@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..errors import VideoDecodeError
 from .lists import VideoList
-from .video import get_reader
+from .video import get_reader, iter_square_frames
 
 
 KINDS = (("file not found", "missing"), ("empty file", "empty"), ("truncated", "truncated"),
@@ -20,7 +20,8 @@ def reason_kind(reason: str) -> str:
 
 
 def scan(videos: VideoList, backend: str = "pyav", progress: bool = True) -> dict:
-    """``{"ok": [paths], "bad": [{"path", "reason"}]}``. A video is fine when every frame decodes."""
+    """``{"ok": [paths], "bad": [{"path", "reason"}]}``. A video is fine when every frame decodes (a
+    stream that breaks half-way is caught, not only one cut short at the end)."""
     from tqdm import tqdm
 
     reader = get_reader(backend)
@@ -31,8 +32,8 @@ def scan(videos: VideoList, backend: str = "pyav", progress: bool = True) -> dic
             continue
         path = videos.full_path(entry)
         try:
-            n = reader.info(path).num_frames
-            reader.read(path, [n - 1])  # decodes every frame up to the last: catches truncation
+            for _ in iter_square_frames(reader, path, []):  # every frame decoded, none kept: bounded memory
+                pass
         except VideoDecodeError as e:
             bad.append({"path": entry.path, "reason": e.reason, "kind": reason_kind(e.reason)})
             continue
