@@ -2,6 +2,7 @@
 prepare and the teacher cache; never silently wrong."""
 import fractions
 import json
+import struct
 
 import av
 import numpy as np
@@ -52,6 +53,17 @@ def encode(path, n=10, pix_fmt="yuv420p", pts_ms=None, audio_only=False, empty_v
     return path
 
 
+def rotated_for_display(src, out):
+    """A copy of an mp4 whose track matrix (``tkhd``) says "turn 90 degrees clockwise to display", as a phone
+    writes a portrait recording: coded landscape, shown portrait."""
+    data = bytearray(src.read_bytes())
+    at = data.find(b"tkhd")
+    assert at > 0 and data[at + 4] == 0  # a version-0 box: the matrix is 40 bytes into it
+    data[at + 44:at + 80] = struct.pack(">9i", 0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)
+    out.write_bytes(bytes(data))
+    return out
+
+
 @pytest.fixture(scope="module")
 def awkward(tmp_path_factory):
     root = tmp_path_factory.mktemp("awkward")
@@ -61,7 +73,9 @@ def awkward(tmp_path_factory):
         "ten_bit.mp4": encode(root / "ten_bit.mp4", pix_fmt="yuv420p10le"),
         "yuv444.mp4": encode(root / "yuv444.mp4", pix_fmt="yuv444p"),
         "short.mp4": encode(root / "short.mp4", n=2),
+        "portrait_phone.mp4": rotated_for_display(encode(root / "landscape.mp4"), root / "portrait_phone.mp4"),
     }
+    (root / "landscape.mp4").unlink()
     encode(root / "audio_only.m4a", audio_only=True)
     encode(root / "no_frames.mkv", empty_video=True)
     data = bytearray(encode(root / "whole.mp4", n=60, w=160, h=120).read_bytes())
@@ -84,9 +98,13 @@ def test_odd_formats_decode_to_the_right_colours_and_counts(awkward):
         assert n == (2 if name == "short.mp4" else 10), name
         frames = reader.read(root / name, range(n))
         streamed = np.stack([f[0] for _, f in iter_square_frames(reader, root / name, [H])])
+        if name == "portrait_phone.mp4":  # shown as the phone held it: the coded left half is on top
+            frames, streamed = np.rot90(frames, k=1, axes=(1, 2)), np.rot90(streamed, k=1, axes=(1, 2))
         assert frames.shape == (n, H, W, 3) and streamed.shape == (n, H, H, 3), name
         for i in range(n):  # lossy coding, but the red half and the grey level come through
             left, right = frames[i, :, : W // 2 - 4].mean((0, 1)), frames[i, :, W // 2 + 4:].mean((0, 1))
+            assert left[0] > 150 and abs(right - (i * 20) % 255).max() < 12, (name, i, left, right)
+            left, right = streamed[i, :, :4].mean((0, 1)), streamed[i, :, -4:].mean((0, 1))
             assert left[0] > 150 and abs(right - (i * 20) % 255).max() < 12, (name, i, left, right)
 
 
