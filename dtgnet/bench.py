@@ -19,19 +19,20 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from .config import TeacherConfig, to_dict, validate
+from .config import DataConfig, TeacherConfig, to_dict, validate
 from .data.dataset import VideoDataset
 from .data.lists import load_split
 from .data.prepare import PreparedReader, prepare
-from .data.synth import SynthPreset, generate
+from .data.synth import SynthPreset, generate, write_pattern_video
 from .data.video import get_reader
 from .teachers import train_action_teacher
 from .training import Trainer
 
-FULL = dict(preset="quick", batch=16, frames=4, size=48, teacher_input=96, steps=8, loader_batches=12)
+FULL = dict(preset="quick", batch=16, frames=4, size=48, teacher_input=96, steps=8, loader_batches=12,
+            hd_videos=8, hd_seconds=4, hd_batches=3)
 QUICK = dict(preset=SynthPreset(pairs=2, train_per_class=8, val_per_class=1, test_per_class=1, stills_per_class=8,
                                 frames=12, size=48), batch=8, frames=4, size=40, teacher_input=64, steps=3,
-             loader_batches=3)
+             loader_batches=3, hd_videos=8, hd_seconds=1, hd_batches=1)
 
 
 def _sync(device: torch.device) -> None:
@@ -60,9 +61,11 @@ def _step_time(cfg, work: Path, name: str, steps: int) -> tuple[float, str]:
         trainer.close()
 
 
-def _loader_rate(videos, reader, cfg, batches: int) -> float:
+def _loader_rate(videos, reader, cfg, batches: int, decoder_scaling: bool = True) -> float:
     ds = VideoDataset(videos, "pair", cfg.data.frames, cfg.data.size, reader=reader, flip=False)
-    loader = DataLoader(ds, batch_size=cfg.optim.batch_size, shuffle=True, num_workers=cfg.data.num_workers,
+    if not decoder_scaling:
+        ds.decode_short_side = None
+    loader = DataLoader(ds, batch_size=cfg.optim.batch_size, shuffle=True, num_workers=cfg.data.workers,
                         drop_last=True, generator=torch.Generator().manual_seed(0))
     it = iter(loader)
     next(it)  # start-up (workers, first open) is not throughput
@@ -105,6 +108,10 @@ def run_bench(device: str = "cpu", quick: bool = False, work_dir: str | None = N
         prepare([videos], get_reader("pyav"), work / "prepared", max(cfg.data.size, 48), progress=False)
         results["loader_fast_clips_per_s"] = _loader_rate(videos, PreparedReader(work / "prepared", work / "data"),
                                                           cfg, sizes["loader_batches"])
+        hd = _hd_videos(work / "hd", sizes["hd_videos"], sizes["hd_seconds"])
+        results["loader_hd_clips_per_s"] = _loader_rate(hd, get_reader("pyav"), cfg, sizes["hd_batches"])
+        results["loader_hd_full_size_decode_clips_per_s"] = _loader_rate(hd, get_reader("pyav"), cfg,
+                                                                         sizes["hd_batches"], decoder_scaling=False)
     results["cached_over_online"] = results["dtg_cached_step_s"] / results["dtg_online_step_s"]
     results["fast_over_naive"] = results["loader_fast_clips_per_s"] / results["loader_naive_clips_per_s"]
     results["device"] = dev
@@ -112,6 +119,16 @@ def run_bench(device: str = "cpu", quick: bool = False, work_dir: str | None = N
     results["config"] = {"quick": quick, "batch_videos": cfg.optim.batch_size, "views": 2, **{
         k: v for k, v in to_dict(cfg).items() if k in ("data", "student", "teachers")}}
     return results
+
+
+def _hd_videos(root: Path, count: int, seconds: float):
+    """``count`` generated 1280x720 25-fps clips as a one-class list: the loader on HD footage."""
+    for i in range(count):
+        write_pattern_video(root / f"hd{i}.mp4", seconds, 1280, 720)
+    (root / "list.txt").write_text("".join(f"hd{i}.mp4 0\n" for i in range(count)))
+    (root / "classes.txt").write_text("hd\n")
+    return load_split(DataConfig(root=str(root), train_list=str(root / "list.txt"),
+                                 classes=str(root / "classes.txt")), "train")
 
 
 def _plan(sizes):
@@ -127,7 +144,9 @@ def format_table(r: dict) -> str:
             ("cached / online", f"{r['cached_over_online']:.2f}"),
             ("loader, PyAV per sample", f"{r['loader_naive_clips_per_s']:.1f} clips/s"),
             ("loader, prepared memory map", f"{r['loader_fast_clips_per_s']:.1f} clips/s"),
-            ("fast / naive", f"{r['fast_over_naive']:.1f}x")]
+            ("fast / naive", f"{r['fast_over_naive']:.1f}x"),
+            ("loader, 1280x720 PyAV per sample", f"{r['loader_hd_clips_per_s']:.1f} clips/s"),
+            ("  same, full-size decode", f"{r['loader_hd_full_size_decode_clips_per_s']:.1f} clips/s")]
     width = max(len(a) for a, _ in rows)
     head = f"device {r['device']}, {r['threads']} threads, batch {r['config']['batch_videos']} videos x 2 views"
     return "\n".join([head] + [f"{a:<{width}}  {b:>14}" for a, b in rows])

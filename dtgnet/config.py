@@ -63,8 +63,9 @@ class DataConfig:
     prepared: str = ""
     """Directory written by `dtgnet data prepare`: frames are read from its pre-decoded uint8 memory map
     instead of being decoded (much faster; see docs/PERFORMANCE.md)."""
-    num_workers: int = 0
-    """DataLoader worker processes (0 loads in the main process)."""
+    num_workers: int = -1
+    """DataLoader worker processes: -1 (default) uses the cores this process may run on, at most 8; 0 loads
+    in the main process."""
     max_bad_fraction: float = 0.05
     """The run stops cleanly once more than this fraction of loaded items was unreadable."""
     strong_aug: bool = True
@@ -72,6 +73,15 @@ class DataConfig:
     flip: bool = True
     """Random horizontal flip in training views. Turn off when classes differ by left/right or
     clockwise/counter-clockwise motion (a flip would swap them), as in SynthActions."""
+
+    @property
+    def workers(self) -> int:
+        """``num_workers`` with -1 resolved."""
+        if self.num_workers >= 0:
+            return self.num_workers
+        from .data.bulk import default_workers
+
+        return min(8, default_workers())
 
     @property
     def reader(self) -> str:
@@ -176,6 +186,9 @@ class RunConfig:
     peak_tflops: float = 0.0
     """The accelerator's peak dense TFLOP/s in the training precision (e.g. 989 for an H100/H200 in bf16);
     when set, log.jsonl reports MFU = achieved / peak. Achieved TFLOP/s is always logged."""
+    dist_timeout_s: float = 1800.0
+    """Under torchrun: seconds a process waits for its peers (joining the job, or in a collective) before
+    it fails, so that torchrun can restart the job instead of it hanging."""
     log_every: int = 10
     """Steps between log.jsonl / TensorBoard records."""
     keep_checkpoints: int = 2
@@ -373,7 +386,7 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     _at_least("data.size", d.size, 16)
     _at_least("data.eval_clips", d.eval_clips, 1)
     _in_range("data.label_fraction", d.label_fraction, 0.0, 1.0, low_open=True)
-    _at_least("data.num_workers", d.num_workers, 0)
+    _at_least("data.num_workers", d.num_workers, -1)
     if d.joint_unlabelled:
         labelled = labelled_per_batch(d, cfg.optim.batch_size)
         if not 1 <= labelled < cfg.optim.batch_size:
@@ -422,6 +435,7 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     _choice("run.device", r.device, DEVICES)
     _at_least("run.log_every", r.log_every, 1)
     _at_least("run.peak_tflops", r.peak_tflops, 0.0)
+    _at_least("run.dist_timeout_s", r.dist_timeout_s, 1.0)
     _at_least("run.keep_checkpoints", r.keep_checkpoints, 1)
     _at_least("run.threads", r.threads, 0)
     _at_least("run.checkpoint_every", r.checkpoint_every, 1)

@@ -172,10 +172,7 @@ def write_caches(teachers: list[Teacher], teacher_cfgs, dataset: VideoDataset, o
                       resumable=all(t.is_file() for t in tmps))
     headers = [npy_header((total, t.embed_dim), np.float16) for t in teachers]
     sizes = [len(h) + total * t.embed_dim * 2 for h, t in zip(headers, teachers)]
-    if shard.rank == 0 and journal.fresh:
-        for tmp, nbytes in zip(tmps, sizes):
-            RowFile(tmp, nbytes, create=True).close()
-    shard.barrier()
+    journal.create_outputs(list(zip(tmps, sizes)))
     files = [RowFile(tmp, nbytes, create=False) for tmp, nbytes in zip(tmps, sizes)]
     try:
         for f, h in zip(files, headers):

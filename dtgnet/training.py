@@ -51,11 +51,12 @@ class NonFiniteLoss(DtgError):
     pass
 
 
-def _worker_ignores_preemption(_worker_id: int) -> None:
-    """A scheduler signals every process of a job. The main process decides when to stop, after a whole
-    step; a DataLoader worker dying under it would abort that step (workers still exit with their parent)."""
+def _worker_exits_quietly(_worker_id: int) -> None:
+    """A scheduler signals every process of a job. A DataLoader worker then exits with status 0: killed by
+    the signal, it would make the loader raise at an arbitrary point of the main process's step; exiting
+    cleanly, the loader only fails at the next fetch, where the main process, signalled too, stops."""
     for sig in PREEMPT_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+        signal.signal(sig, lambda *_: os._exit(0))
 
 
 @dataclass(frozen=True)
@@ -69,16 +70,19 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed() -> Dist:
+def init_distributed(timeout_s: float = 1800.0) -> Dist:
     """Join the process group that torchrun describes in the environment (WORLD_SIZE, RANK, MASTER_ADDR...);
     a plain single-process run has no such variables."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist()
+    import datetime
+
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -231,7 +235,7 @@ class Trainer:
             raise ValueError(f"unknown mode {mode!r}")
         self.cfg, self.mode = cfg, mode
         self.stop_signal: int | None = None
-        self.dist = init_distributed()
+        self.dist = init_distributed(cfg.run.dist_timeout_s)
         self.progress = progress and self.dist.main
         if cfg.optim.batch_size % self.dist.world:
             from .errors import ConfigError
@@ -330,7 +334,7 @@ class Trainer:
                            for t, tc in zip(self.teachers, cfg.teachers)]
         elif self.teachers and cfg.run.teacher_cache:
             self.caches = build_caches(self.teachers, self.dataset, self.device, get_reader(cfg.data.reader),
-                                       workers=cfg.data.num_workers, progress=self.progress)
+                                       workers=cfg.data.workers, progress=self.progress)
         self.weighting = build_weighting(cfg.loss, [t.weight for t in cfg.teachers] if self.teachers else []
                                          ).to(self.device)
         self.queues = [torch.zeros(0, t.embed_dim, device=self.device) for t in self.teachers]
@@ -489,12 +493,27 @@ class Trainer:
         sampler runs in this process and hands (epoch, index) to the workers, so they can persist."""
         self.sampler.set_position(self.epoch, start * self.local_batch)
         if self._dataloader is None:
-            nw = self.cfg.data.num_workers
+            nw = self.cfg.data.workers
             self._dataloader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler,
                                           num_workers=nw, drop_last=True, pin_memory=self.device.type == "cuda",
                                           persistent_workers=nw > 0, prefetch_factor=4 if nw else None,
-                                          worker_init_fn=_worker_ignores_preemption if nw else None)
+                                          worker_init_fn=_worker_exits_quietly if nw else None)
         return self._dataloader
+
+    def _batches(self, start: int):
+        """The loader's batches; once a preemption signal has arrived, a loader whose workers it took down
+        yields None (stop here) instead of failing."""
+        batches = iter(self.loader(start))
+        while True:
+            try:
+                yield next(batches)
+            except StopIteration:
+                return
+            except RuntimeError:
+                if self.stop_signal is None:
+                    raise
+                yield None
+                return
 
     def to_batch(self, raw: dict) -> Batch:
         nb = self.device.type == "cuda"
@@ -503,10 +522,11 @@ class Trainer:
         return Batch(a, b, raw["label"].to(self.device, non_blocking=nb), raw["index"], raw["frames_a"],
                      raw.get("frames_b"))
 
-    def _count_bad(self, raw: dict) -> bool:
+    def _count_bad(self, raw: dict | None) -> bool:
         """Count the batch's unreadable items (stop past ``data.max_bad_fraction``) and say whether a
         preemption signal, received by any rank, stops the run before this batch. One all-reduce gives
         every rank the same answers."""
+        raw = raw or {"bad": [], "index": []}  # no batch: the loader went down with a preemption signal
         new = [tuple(line.split("\t", 1)) for text in raw["bad"] for line in filter(None, text.split("\n"))]
         seen = len(raw["index"])
         preempt = self.stop_signal is not None
@@ -595,7 +615,7 @@ class Trainer:
         while self.step < self.total_steps:
             start = self.step - self.epoch * self.steps_per_epoch
             t_wait = time.perf_counter()
-            for raw in self.loader(start):
+            for raw in self._batches(start):
                 window["wait"] += time.perf_counter() - t_wait
                 if self._count_bad(raw):
                     self._preempt()

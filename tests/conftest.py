@@ -29,32 +29,6 @@ def moving_square(frames: int = 8, size: int = 32, seed: int = 0) -> np.ndarray:
     return out
 
 
-def write_long_video(path: Path, seconds: int, width: int, height: int, fps: int = 25) -> Path:
-    """An H.264 mp4 of ``seconds`` at ``width`` x ``height`` (a gradient with a sliding block), encoded
-    frame by frame (never held whole) with x264's fastest preset."""
-    import av
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    base = np.zeros((height, width, 3), np.uint8)
-    base[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None]
-    base[..., 1] = np.linspace(0, 255, height, dtype=np.uint8)[:, None]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "30", "g": str(2 * fps)}
-        for i in range(seconds * fps):
-            img = base.copy()
-            x = (i * 7) % (width - height // 8)
-            img[height // 2 - height // 16:height // 2 + height // 16, x:x + height // 8] = 255
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
 @pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth")

@@ -15,7 +15,8 @@ from tests.test_training import tiny_overrides
 
 STEPS = 6
 COMMON = {"student.freeze_bn": True, "optim.batch_size": 4, "optim.max_steps": STEPS, "run.teacher_cache": True,
-          "loss.weighting": "learned", "loss.queue_size": 8, "data.strong_aug": False, "run.checkpoint_every": 1}
+          "loss.weighting": "learned", "loss.queue_size": 8, "data.strong_aug": False, "run.checkpoint_every": 1,
+          "run.keep_checkpoints": STEPS}
 
 
 def command(args, nproc, *torchrun_args):
@@ -86,7 +87,9 @@ def test_two_process_ddp_matches_one_process(runs):
     for a, b in zip(logs["one"][:3], logs["two"][:3]):
         assert abs(a["loss"] - b["loss"]) < 1e-4 * max(1.0, abs(a["loss"]))
         assert abs(a["weights"]["imagenet"] - b["weights"]["imagenet"]) < 1e-5
-    one, two = last_tensors(runs / "one")[1], last_tensors(runs / "two")[1]
+    # after 3 steps, as float noise between 1 and 2 processes grows with every Adam step
+    one, two = (torch.load(runs / n / "checkpoints" / "step_00000003.pt", weights_only=True)["model"]
+                for n in ("one", "two"))
     assert one.keys() == two.keys()
     for k in one:
         # whole-tensor comparison: Adam's first steps turn near-zero gradients (float noise apart) into
@@ -99,7 +102,9 @@ def test_two_process_ddp_matches_one_process(runs):
 
 def test_sigterm_stops_every_rank_then_an_elastic_restart_finishes_identically(tiny_synth, runs):
     out = runs / "elastic"
-    args = ["pretrain", *tiny_overrides(tiny_synth, out, **COMMON), "--resume", "auto", "--no-progress"]
+    # a peer that never answers fails the job within a minute, for torchrun to restart it
+    args = ["pretrain", *tiny_overrides(tiny_synth, out, **COMMON), "run.dist_timeout_s=60", "--resume", "auto",
+            "--no-progress"]
     # 1. SIGTERM to torchrun, which passes it to each rank: they agree on a step, rank 0 checkpoints, all stop
     job = start(args, runs, 2)
     wait_for(lambda: logged_step(out) >= 2, job, "step 2")
@@ -110,7 +115,8 @@ def test_sigterm_stops_every_rank_then_an_elastic_restart_finishes_identically(t
     assert 2 <= stopped < STEPS
     assert [r["step"] for r in read_log(out / "log.jsonl") if r.get("event") == "preempted"] == [stopped]
     # 2. the same command resumes; rank 1 is killed mid-run and torchrun restarts the job, which resumes again
-    job = start(args, runs, 2, "--max-restarts=1", "--monitor-interval=0.1")
+    # a restarted round's gloo rendezvous can itself fail (connection refused, timed out): allow a few rounds
+    job = start(args, runs, 2, "--max-restarts=3", "--monitor-interval=0.1")
     wait_for(lambda: logged_step(out) > stopped, job, f"step {stopped + 1}")
     os.kill(worker_pid(job.pid, 1), signal.SIGKILL)
     printed = job.communicate(timeout=600)[0]

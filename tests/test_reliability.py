@@ -30,7 +30,7 @@ COMMON = {"optim.max_steps": STEPS, "optim.epochs": 2, "run.checkpoint_every": 1
 def dtgnet(args, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "dtgnet", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
 
 def final_tensors(run_dir):
@@ -107,10 +107,12 @@ def test_sigkill_with_workers_resumes_at_once_bit_identical(tiny_synth, referenc
 
 
 def test_sigterm_checkpoints_within_a_step_and_resumes_bit_identical(tiny_synth, reference):
+    """As a scheduler does, the signal goes to every process of the job: the run and its DataLoader workers."""
     work = reference[0]
     out = work / "preempted"
     p, logged = start_and_wait_for_step(tiny_synth, out, 3)
-    p.send_signal(signal.SIGTERM)
+    assert children(p.pid)
+    os.killpg(p.pid, signal.SIGTERM)
     assert p.wait(timeout=120) == EXIT_PREEMPTED, p.stderr.read().decode()[-2000:]
     assert "preempted: SIGTERM at step" in p.stderr.read().decode()
     saved = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"]
@@ -321,11 +323,11 @@ def test_prepare_and_teacher_cache_on_a_full_disk_fail_cleanly(tiny_synth, small
     args = tiny_overrides(tiny_synth, disk / "run")
     assert main(["data", "prepare", *args, "--out", str(disk / "prep"), "--size", "64"]) == 2
     err = one_line_error(capsys)
-    assert f"{disk / 'prep' / 'frames.npy'}: No space left on device: writing it needs" in err and "bytes" in err
+    assert f"{disk / 'prep' / 'frames.npy.tmp'}: No space left on device: writing it needs" in err and "bytes" in err
     assert sorted(p.name for p in (disk / "prep").iterdir()) == []  # nothing half-written to be taken later
     assert main(["teacher", "cache", *args, "--out", str(disk / "cache")]) == 2
     err = one_line_error(capsys)
-    assert f"{disk / 'cache' / 'imagenet.npy'}: No space left on device: writing it needs" in err
+    assert f"{disk / 'cache' / 'imagenet.npy.tmp'}: No space left on device: writing it needs" in err
     assert sorted(p.name for p in (disk / "cache").iterdir()) == []
 
 

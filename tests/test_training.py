@@ -54,8 +54,7 @@ def test_gradients_reach_student_not_teachers(tiny_synth, tmp_path):
         assert all(torch.equal(v, tr.teachers[0].state_dict()[k]) for k, v in before.items())
         assert tr.weighting.log_vars.grad is not None  # learned weights are trained too
     finally:
-        tr.logger.close()
-        tr.run_dir.close()
+        tr.close()
 
 
 def test_finetune_from_pretrained_and_joint(tiny_synth, tmp_path):
@@ -159,8 +158,7 @@ def test_teacher_cache_matches_online_teacher_on_clean_frames(tiny_synth, tmp_pa
         assert torch.isfinite(out["loss"]) and "teacher/imagenet" in out
         assert build_caches(tr.teachers, ds, "cpu", progress=False)[0].per_video[0].dtype == np.float16
     finally:
-        tr.logger.close()
-        tr.run_dir.close()
+        tr.close()
 
 
 def test_disk_teacher_cache_matches_and_detects_staleness(tiny_synth, tmp_path, capsys):

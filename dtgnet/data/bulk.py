@@ -28,7 +28,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..errors import VideoDecodeError
-from ..storage import write_text_atomic
+from ..storage import RowFile, write_text_atomic
 from .video import iter_square_frames
 
 CHUNK = 32  # frames per message from a decoding worker
@@ -248,6 +248,21 @@ class Journal:
 
     def close(self) -> None:
         self._fh.close()
+
+    def create_outputs(self, outputs: list[tuple[Path, int]]) -> None:
+        """On a fresh plan, rank 0 creates each ``(path, bytes)`` output with its space reserved; a full disk
+        leaves no journal behind either."""
+        if self.shard.rank == 0 and self.fresh:
+            try:
+                for path, nbytes in outputs:
+                    RowFile(path, nbytes, create=True).close()
+            except BaseException:
+                self.close()
+                self.remove()
+                for path, _ in outputs:
+                    path.unlink(missing_ok=True)
+                raise
+        self.shard.barrier()
 
     def remove(self) -> None:
         for f in self.dir.iterdir():

@@ -43,6 +43,8 @@ class VideoDataset(Dataset):
         self.stride, self.clips, self.seed = stride, clips, seed
         self.backend = backend
         self.reader = reader if reader is not None else get_reader(backend)
+        # the smallest random crop keeps 0.59 of the side: at twice the output size no crop is ever upsampled
+        self.decode_short_side = 2 * size
         self.train_tf = train_transform(size, flip=flip, strong=strong_aug)
         self.eval_tf = eval_transform(size)
         self._num_frames: dict[int, int] = {}
@@ -65,12 +67,12 @@ class VideoDataset(Dataset):
         if self.mode == "eval":
             idx = [sequence_indices(n, self.frames, self.stride, self.temporal, None, c, self.clips)
                    for c in range(self.clips)]
-            frames = to_tensor(self.reader.read(path, np.concatenate(idx)))  # (clips*T, 3, H, W)
+            frames = to_tensor(self.reader.read(path, np.concatenate(idx), self.decode_short_side))  # (clips*T, 3, H, W)
             clips = self.eval_tf(frames).unflatten(0, (self.clips, self.frames))
             return {"clips": clips, "label": entry.label, "index": index}
         views = 2 if self.mode == "pair" else 1
         idx = [sequence_indices(n, self.frames, self.stride, self.temporal, rng) for _ in range(views)]
-        frames = to_tensor(self.reader.read(path, np.concatenate(idx)))  # (views*T, 3, H, W)
+        frames = to_tensor(self.reader.read(path, np.concatenate(idx), self.decode_short_side))  # (views*T, 3, H, W)
         # torch's global RNG drives the v2 transforms: seed it per item (reproducible in any worker) inside
         # fork_rng so the training process's own RNG stream is left untouched
         with torch.random.fork_rng(devices=[]):

@@ -44,9 +44,7 @@ def prepare(lists: list[VideoList], reader, out_dir, size: int, progress: bool =
     journal = Journal(out_dir / "frames.npy.progress", plan_key(videos, root, {"size": size, "resize": RESIZE}),
                       shard, resumable=tmp.is_file())
     frame_bytes = size * size * 3
-    if shard.rank == 0 and journal.fresh:
-        RowFile(tmp, len(header) + total * frame_bytes, create=True).close()
-    shard.barrier()
+    journal.create_outputs([(tmp, len(header) + total * frame_bytes)])
     out = RowFile(tmp, len(header) + total * frame_bytes, create=False)
     try:
         out.write(0, header)
@@ -107,8 +105,9 @@ class PreparedReader:
 
         return VideoInfo(self._entry(path)[3], 0.0, self.size, self.size)
 
-    def read(self, path, indices) -> np.ndarray:
-        """Frames by source frame number; a subsampled copy gives the nearest kept frame."""
+    def read(self, path, indices, short_side: int | None = None) -> np.ndarray:
+        """Frames by source frame number; a subsampled copy gives the nearest kept frame. The stored size
+        is already small: ``short_side`` changes nothing."""
         row, kept, stride, source = self._entry(path)
         idx = np.asarray(list(indices), dtype=np.int64)
         if idx.max() >= source:

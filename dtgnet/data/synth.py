@@ -244,6 +244,33 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 12) -> None:
             container.mux(packet)
 
 
+def write_pattern_video(path: Path, seconds: float, width: int, height: int, fps: int = 25) -> Path:
+    """An H.264 mp4 of ``seconds`` at ``width`` x ``height`` (a colour gradient with a sliding block) for
+    benchmarks and tests at real sizes: encoded frame by frame (never held whole) with x264's fastest preset."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    base = np.zeros((height, width, 3), np.uint8)
+    base[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None]
+    base[..., 1] = np.linspace(0, 255, height, dtype=np.uint8)[:, None]
+    block = height // 8
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "30", "g": str(2 * fps)}
+        for i in range(round(seconds * fps)):
+            img = base.copy()
+            x = (i * 7) % (width - block)
+            img[height // 2 - block // 2:height // 2 + block // 2, x:x + block] = 255
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            frame.pts = i
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 def generate(out: str | Path, preset: str | SynthPreset = "quick", seed: int = 0, progress: bool = True) -> dict:
     """Write SynthActions under ``out`` (a preset name or a :class:`SynthPreset`); returns a summary."""
     if isinstance(preset, SynthPreset):

@@ -98,7 +98,10 @@ class PyAVReader:
         pts, rate, w, h = self._table(Path(path))
         return VideoInfo(num_frames=len(pts), fps=rate, width=w, height=h)
 
-    def read(self, path: str | os.PathLike, indices: Sequence[int]) -> np.ndarray:
+    def read(self, path: str | os.PathLike, indices: Sequence[int], short_side: int | None = None) -> np.ndarray:
+        """Frames at ``indices`` as uint8 ``(T, H, W, 3)``. ``short_side``: a source larger than that is scaled
+        down inside the decoder (libswscale, area filter) so its short side is ``short_side`` (aspect kept):
+        far cheaper than converting full HD frames to RGB only to shrink them afterwards."""
         import av
 
         path = Path(path)
@@ -122,7 +125,11 @@ class PyAVReader:
                 for frame in container.decode(stream):
                     n_decoded += 1
                     if frame.pts in index_of:
-                        img = frame.to_ndarray(format="rgb24")
+                        if short_side and min(frame.width, frame.height) > short_side:
+                            w, h = short_side_dims(frame.width, frame.height, short_side)
+                            img = frame.reformat(width=w, height=h, format="rgb24", interpolation="AREA").to_ndarray()
+                        else:
+                            img = frame.to_ndarray(format="rgb24")
                         got[index_of[frame.pts]] = rotate_frame(img, getattr(frame, "rotation", 0) or 0)
                     if frame.pts is not None and frame.pts >= last_pts:
                         break
@@ -195,7 +202,7 @@ class DecordReader:
         h, w = vr[0].shape[:2]
         return VideoInfo(len(vr), float(vr.get_avg_fps()), w, h)
 
-    def read(self, path, indices) -> np.ndarray:
+    def read(self, path, indices, short_side: int | None = None) -> np.ndarray:  # at source size
         path = Path(path)
         vr = self._open(path)
         if max(indices) >= len(vr):
@@ -224,7 +231,7 @@ class TorchCodecReader:
         md = dec.metadata
         return VideoInfo(int(md.num_frames), float(md.average_fps or 0), int(md.width), int(md.height))
 
-    def read(self, path, indices) -> np.ndarray:
+    def read(self, path, indices, short_side: int | None = None) -> np.ndarray:  # at source size
         path = Path(path)
         dec = self._open(path)
         try:
@@ -257,7 +264,7 @@ class FrameFolderReader:
             raise VideoDecodeError(files[0], f"unreadable image: {e}") from None
         return VideoInfo(len(files), 0.0, w, h)
 
-    def read(self, path, indices) -> np.ndarray:
+    def read(self, path, indices, short_side: int | None = None) -> np.ndarray:  # at source size
         from PIL import Image
 
         files = self._frames(Path(path))

@@ -14,7 +14,7 @@ from dtgnet.config import DataConfig
 from dtgnet.data.lists import load_split
 from dtgnet.data.prepare import PreparedReader
 from dtgnet.data.video import PyAVReader
-from tests.conftest import write_long_video
+from dtgnet.data.synth import write_pattern_video
 
 PEAK_ABOVE_BASELINE_MB = 600
 
@@ -33,7 +33,7 @@ print(base, rss_mb("VmHWM:"))
 
 def test_long_hd_video_is_prepared_and_cached_in_bounded_memory(tmp_path):
     """A 40-s 1280x720 video (1,000 frames; 2.8 GB as full-resolution RGB) must not be held whole."""
-    write_long_video(tmp_path / "long.mp4", seconds=40, width=1280, height=720)
+    write_pattern_video(tmp_path / "long.mp4", seconds=40, width=1280, height=720)
     (tmp_path / "train.txt").write_text("long.mp4 0\n")
     (tmp_path / "classes.txt").write_text("a\n")
     args = [f"data.root={tmp_path}", f"data.train_list={tmp_path / 'train.txt'}",
