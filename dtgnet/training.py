@@ -54,9 +54,15 @@ class NonFiniteLoss(DtgError):
 def _worker_exits_quietly(_worker_id: int) -> None:
     """A scheduler signals every process of a job. A DataLoader worker then exits with status 0: killed by
     the signal, it would make the loader raise at an arbitrary point of the main process's step; exiting
-    cleanly, the loader only fails at the next fetch, where the main process, signalled too, stops."""
+    cleanly, the loader only fails at the next fetch, where the main process, signalled too, stops.
+    A worker also dies with its parent (Linux): an orphan would hold the parent's inherited sockets, such as
+    a dead rank's gloo connections, open while torchrun restarts the job."""
     for sig in PREEMPT_SIGNALS:
         signal.signal(sig, lambda *_: os._exit(0))
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
 
 
 @dataclass(frozen=True)

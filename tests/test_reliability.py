@@ -89,8 +89,7 @@ def assert_same(run_dir, reference, what):
 
 
 def test_sigkill_with_workers_resumes_at_once_bit_identical(tiny_synth, reference):
-    """kill -9 leaves the DataLoader workers running for a while; the lock dies with the main process, so
-    --resume is accepted at once."""
+    """kill -9 of a run with DataLoader workers: --resume is accepted at once, and no worker is left over."""
     work = reference[0]
     rng = random.Random(1234)
     for trial in range(3):
@@ -101,8 +100,8 @@ def test_sigkill_with_workers_resumes_at_once_bit_identical(tiny_synth, referenc
         p.send_signal(signal.SIGKILL)
         p.wait()
         resumed = dtgnet(["pretrain", "-c", str(out / "config.yaml"), "--resume", "--no-progress"], work)
-        assert any(alive(w) for w in workers), "the orphaned workers should outlive the kill for this test"
         assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
+        assert workers and not any(alive(w) for w in workers), "DataLoader workers die with their parent"
         assert_same(out, reference, f"kill at step {kill_at}")
 
 
@@ -204,10 +203,14 @@ def test_resume_cli_with_other_config_is_refused(tiny_synth, tmp_path, capsys):
 # ------------------------------------------------------------------------------------------ the run lock
 
 HOLD_LOCK = """
-import sys, time
+import os, sys, time
 from dtgnet.runlog import RunDir
 run = RunDir(sys.argv[1], resume="auto")
-print("locked", flush=True)
+child = os.fork()  # a child that outlives its parent, holding every inherited descriptor
+if child == 0:
+    time.sleep(30)
+    os._exit(0)
+print("locked", child, flush=True)
 time.sleep(600)
 """
 
@@ -218,14 +221,17 @@ def test_force_refuses_a_live_run_and_names_it_then_clears_a_dead_ones(tmp_path)
     (out / "checkpoints" / "last.pt").write_bytes(b"precious")
     holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
     try:
-        assert holder.stdout.readline().strip() == "locked"
+        said, child = holder.stdout.readline().split()
+        assert said == "locked"
         with pytest.raises(RunDirError, match=f"live run holds this directory \\(pid {holder.pid} on "):
             RunDir(out, force=True)
         assert (out / "checkpoints" / "last.pt").read_bytes() == b"precious"  # nothing deleted under it
     finally:
         holder.kill()
         holder.wait()
+    assert alive(int(child))  # still holding the lock file open
     run = RunDir(out, force=True)  # the owner is dead: the lock is free at once, --force clears the rest
+    os.kill(int(child), signal.SIGKILL)
     try:
         assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoints"]
         assert not any((out / "checkpoints").iterdir())
