@@ -29,7 +29,7 @@ from .teachers import train_action_teacher
 from .training import Trainer
 
 FULL = dict(preset="quick", batch=16, frames=4, size=48, teacher_input=96, steps=8, loader_batches=12,
-            hd_videos=8, hd_seconds=4, hd_batches=3)
+            hd_videos=16, hd_seconds=2, hd_batches=2)
 QUICK = dict(preset=SynthPreset(pairs=2, train_per_class=8, val_per_class=1, test_per_class=1, stills_per_class=8,
                                 frames=12, size=48), batch=8, frames=4, size=40, teacher_input=64, steps=3,
              loader_batches=3, hd_videos=8, hd_seconds=1, hd_batches=1)
