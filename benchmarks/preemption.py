@@ -72,7 +72,7 @@ def main() -> None:
     if not (root / "train.txt").exists():
         generate(root, PRESET, seed=0, progress=False)
     for old in [work / "reference", *work.glob("trial*")]:  # runs of an earlier invocation
-        shutil.rmtree(old)
+        shutil.rmtree(old, ignore_errors=True)
     ref = launch(overrides(root, work / "reference", args.steps, args.workers))
     if ref.wait() != 0:
         sys.exit(f"reference run failed: {ref.stderr.read()[-2000:]}")
