@@ -36,11 +36,13 @@ JOURNAL_EVERY_S = 2.0
 
 
 def default_workers() -> int:
-    """The cores this process may use (its affinity mask, not the machine's count)."""
+    """This process's share of the cores it may use (its affinity mask, not the machine's count): under
+    torchrun, the processes on one machine split them."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 @dataclass(frozen=True)
