@@ -227,7 +227,7 @@ def _cmd_teacher_cache(args) -> int:
     device = pick_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
     source = get_reader(cfg.data.reader)  # the teachers see the source frames, never a prepared copy
     dataset = VideoDataset(load_split(cfg.data, "train"), "single", cfg.data.frames, cfg.data.size, reader=source)
-    teachers = [build_teacher(tc).to(device) for tc in cfg.teachers]
+    teachers = [build_teacher(tc, dataset.videos.classes).to(device) for tc in cfg.teachers]
     paths = write_caches(teachers, cfg.teachers, dataset, out, device, **options)
     for tc, path in zip(cfg.teachers, paths):
         print(f"teacher {tc.name}: {len(dataset)} videos -> {path}")

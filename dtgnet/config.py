@@ -18,8 +18,10 @@ from .errors import ConfigError
 
 DATA_FORMATS = ("list", "ucf101", "hmdb51", "kinetics", "folders", "frames")
 BACKENDS = ("pyav", "decord", "torchcodec")
-TEACHER_SOURCES = ("efficientnet_lite0", "torchvision", "torchscript", "onnx", "action")
-STUDENT_ARCHS = ("tsn_r18", "r3d_18", "r2plus1d_18", "s3d")
+TEACHER_SOURCES = ("efficientnet_lite0", "torchvision", "torchscript", "onnx", "action", "timm", "open_clip", "hf")
+EMBEDDINGS = ("default", "projected", "pooled", "cls", "mean_patch")
+PRECISIONS = ("auto", "bf16", "fp32")
+STUDENT_ARCHS = ("tsn_r18", "r3d_18", "r2plus1d_18", "s3d", "mvit_v2_s", "swin3d_t", "vit_t", "vit_s", "vit_b")
 LOSS_FORMS = ("infonce", "margin")
 WEIGHTINGS = ("fixed", "learned", "adaptive")
 DEVICES = ("auto", "cpu", "cuda")
@@ -95,25 +97,55 @@ class TeacherConfig:
     """Name used in logs, metrics and the report."""
     source: str = "efficientnet_lite0"
     """efficientnet_lite0 (bundled ImageNet weights), torchvision (model by weight name), torchscript file,
-    onnx file, or action (a file written by `dtgnet teacher train`)."""
+    onnx file, action (a file written by `dtgnet teacher train`), timm, open_clip or hf (Hugging Face
+    transformers; timm, open_clip and hf are the extras dtgnet[timm], dtgnet[clip] and dtgnet[hf])."""
     weights: str = ""
-    """torchvision: weight enum name such as ResNet18_Weights.IMAGENET1K_V1; others: path to the file."""
+    """torchvision: weight enum name such as ResNet18_Weights.IMAGENET1K_V1; torchscript, onnx, action: path to
+    the file; timm: a local weights file (safetensors or a weights-only torch file), empty = timm's hub;
+    open_clip: a pretrained tag (openai, laion2b_s34b_b88k) or a local checkpoint."""
     weight: float = 1.0
     """Initial (fixed: constant) weight w_k of this teacher's term in the DTG loss."""
-    input_size: int = 112
-    """Side of the square frame given to the teacher."""
+    input_size: int = 0
+    """Side of the square frame given to the teacher; 0 = the model's own (timm, open_clip, hf and action
+    teachers read it from the model), 112 for the other sources."""
+    model: str = ""
+    """timm: model name (resnet50.a1_in1k); open_clip: model name (ViT-B-16) or a model-config JSON file;
+    hf: model id (facebook/dinov2-small) or a local directory written by save_pretrained."""
+    embedding: str = "default"
+    """Which vector is the teacher's frame embedding: default (timm: pooled features; CLIP / SigLIP: the
+    projected image embedding; other hf models: the CLS token), projected, pooled (hf: the vision tower's
+    pooled output), cls or mean_patch (ViTs: the CLS token or the mean of the patch tokens)."""
+    prompt: str = ""
+    """CLIP family (open_clip, hf CLIP / SigLIP) only: a text template holding {} ('a video of a person {}.')
+    turns the teacher into a zero-shot action teacher whose embedding is its class logits."""
+    prompt_classes: list[str] = field(default_factory=list)
+    """Class names for the prompts; empty = the dataset's class names (ApplyEyeMakeup -> apply eye makeup)."""
+    trust_remote_code: bool = False
+    """hf only: allow a model whose repository ships its own Python code to run it. Off: such a model is refused."""
+    precision: str = "auto"
+    """auto (bf16 on a GPU, fp32 on a CPU), bf16 or fp32: the autocast dtype of the teacher's forward pass."""
+    compile: bool = False
+    """Compile the teacher with torch.compile (pays on a GPU for long runs and caching; costs a warm-up)."""
 
 
 @dataclass
 class StudentConfig:
     arch: str = "tsn_r18"
-    """Student backbone: tsn_r18 (TSN with ResNet-18, the paper's), r3d_18, r2plus1d_18 or s3d."""
+    """Student backbone: tsn_r18 (TSN with ResNet-18, the paper's), r3d_18, r2plus1d_18, s3d, mvit_v2_s,
+    swin3d_t (torchvision), or vit_t / vit_s / vit_b (a video ViT with joint space-time attention)."""
     temporal_shift: bool = False
     """tsn_r18 only: insert temporal shift modules (TSM). Average consensus alone is blind to the order of
     frames; turn this on when classes differ by the direction of time (SynthActions does)."""
     freeze_bn: bool = False
     """BatchNorm layers normalise with their running statistics and never update them (TSN's partial BN).
     For tiny per-GPU batches, and for multi-process runs on CPU, where SyncBatchNorm is unavailable."""
+    patch_size: int = 16
+    """ViT students: side of a tubelet's square patch in pixels (data.size must be a multiple)."""
+    tubelet: int = 2
+    """ViT students: frames per tubelet (data.frames must be a multiple)."""
+    init_from: str = ""
+    """ViT students: inflate the weights of a timm image ViT of the same size into the student before
+    training: a local file (safetensors or a weights-only torch file) or a timm model name."""
     proj_dim: int = 128
     """Output dimension of every projection head."""
     proj_hidden: int = 512
@@ -398,7 +430,19 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     for i, t in enumerate(cfg.teachers):
         _choice(f"teachers.{i}.source", t.source, TEACHER_SOURCES)
         _at_least(f"teachers.{i}.weight", t.weight, 0.0)
-        _at_least(f"teachers.{i}.input_size", t.input_size, 32)
+        if t.input_size:
+            _at_least(f"teachers.{i}.input_size", t.input_size, 32)
+        _choice(f"teachers.{i}.embedding", t.embedding, EMBEDDINGS)
+        _choice(f"teachers.{i}.precision", t.precision, PRECISIONS)
+        if t.source in ("timm", "open_clip", "hf") and not t.model:
+            raise ConfigError(f"teachers.{i}.model", f"source {t.source} needs a model name"
+                                                     f"{' or directory' if t.source == 'hf' else ''}")
+        if t.prompt and t.source not in ("open_clip", "hf"):
+            raise ConfigError(f"teachers.{i}.prompt", "prompts need a CLIP-family teacher (source open_clip or hf)")
+        if t.prompt and "{}" not in t.prompt:
+            raise ConfigError(f"teachers.{i}.prompt", f"must hold {{}} where the class name goes, got {t.prompt!r}")
+        if check_paths and t.source == "timm" and t.weights and not Path(t.weights).is_file():
+            raise ConfigError(f"teachers.{i}.weights", f"file not found: {t.weights}")
         if not t.name:
             raise ConfigError(f"teachers.{i}.name", "must not be empty")
         if t.name in names:
@@ -413,6 +457,14 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
             raise ConfigError(f"teachers.{i}.weights",
                               f"expected a weight name such as ResNet18_Weights.IMAGENET1K_V1, got {t.weights!r}")
     _choice("student.arch", s.arch, STUDENT_ARCHS)
+    _at_least("student.patch_size", s.patch_size, 1)
+    _at_least("student.tubelet", s.tubelet, 1)
+    if s.arch.startswith("vit_") and (d.size % s.patch_size or d.frames % s.tubelet):
+        raise ConfigError("student.patch_size" if d.size % s.patch_size else "student.tubelet",
+                          f"data.size={d.size} and data.frames={d.frames} must split into {s.tubelet}x"
+                          f"{s.patch_size}x{s.patch_size} tubelets")
+    if s.init_from and not s.arch.startswith("vit_"):
+        raise ConfigError("student.init_from", f"inflation needs a ViT student, not {s.arch}")
     _at_least("student.proj_dim", s.proj_dim, 1)
     _at_least("student.proj_hidden", s.proj_hidden, 1)
     _in_range("student.dropout", s.dropout, 0.0, 1.0)

@@ -146,6 +146,8 @@ STUDY_NOTES = {
     "supervised": "joint recipe, cross-entropy only",
     "joint_dtg": "joint recipe, CE + L_DTG (mode ii)",
     "single_frame": "scratch given one frame",
+    "vit_ssl": "ViT-Ti student (2x8x8 tubelets), pre-trained without teachers",
+    "vit_dtg": "the same ViT-Ti, adaptive DTG with both teachers",
 }
 
 
@@ -166,7 +168,7 @@ def _study_plot(path: Path, results: dict) -> None:
         means = np.array([results[n][f"{metric}_mean"] for n in names])
         ci = np.array([results[n][f"{metric}_ci95"] for n in names])
         err = np.stack([means - ci[:, 0], ci[:, 1] - means])
-        colours = ["#e63" if n.startswith(("dtg", "joint")) else "#69c" if n == "ssl" else
+        colours = ["#e63" if n.startswith(("dtg", "joint", "vit_dtg")) else "#69c" if n.endswith("ssl") else
                    "#bbb" if n.startswith("teacher") else "#999" for n in names]
         ax.barh(names, means, xerr=err, color=colours, capsize=2)
         for y, (m, seeds) in enumerate(zip(means, [results[n][f"{metric}_seeds"] for n in names])):

@@ -1,5 +1,6 @@
 """Video students: a backbone (video -> feature), a projection head per teacher plus one for the self term,
-and an optional classifier. Inputs are ``(B, T, 3, H, W)`` in [0, 1]; each backbone normalises itself.
+and an optional classifier. Backbones: TSN-ResNet-18 (optionally with temporal shift), torchvision's R3D-18,
+R(2+1)D-18, S3D, MViT-v2-S and Swin3D-T, and a ViT with joint space-time attention (:mod:`dtgnet.video_vit`). Inputs are ``(B, T, 3, H, W)`` in [0, 1]; each backbone normalises itself.
 """
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .video_vit import VIT_SIZES, VideoViT, image_vit_state
 
 KINETICS_MEAN, KINETICS_STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MVIT_MEAN, MVIT_STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)  # torchvision's MViT / Swin3D Kinetics weights
 
 
 class TemporalShift(nn.Module):
@@ -64,32 +67,55 @@ class TSNResNet18(nn.Module):
 
 
 class Video3D(nn.Module):
-    """torchvision 3D CNNs (r3d_18, r2plus1d_18, s3d) with the classifier removed; S3D's fixed 7x7 pooling
-    is made adaptive so it runs at 112x112."""
+    """torchvision video networks (r3d_18, r2plus1d_18, s3d, mvit_v2_s, swin3d_t) with the classifier
+    removed. S3D's fixed 7x7 pooling is made adaptive so it runs at 112x112; MViT-v2 is built for the run's
+    clip length and crop size (its blocks are tied to them)."""
 
     temporal = "clip"
+    HEADS = {"r3d_18": ("fc", 512), "r2plus1d_18": ("fc", 512), "s3d": ("classifier", 1024),
+             "mvit_v2_s": ("head", 768), "swin3d_t": ("head", 768)}
 
-    def __init__(self, arch: str):
+    def __init__(self, arch: str, frames: int = 16, size: int = 112):
         super().__init__()
         import torchvision.models.video as tvv
 
-        net = getattr(tvv, arch)(weights=None)
+        net = _mvit_v2_s(frames, size) if arch == "mvit_v2_s" else getattr(tvv, arch)(weights=None)
         if arch == "s3d":
             net.avgpool = nn.AdaptiveAvgPool3d(1)
-            net.classifier = nn.Identity()
-            self.feature_dim = 1024
-        else:
-            net.fc = nn.Identity()
-            self.feature_dim = 512
+        head, self.feature_dim = self.HEADS[arch]
+        setattr(net, head, nn.Identity())
         self.net = net
-        self.register_buffer("mean", torch.tensor(KINETICS_MEAN).view(1, 3, 1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(KINETICS_STD).view(1, 3, 1, 1, 1), persistent=False)
+        mean, std = (KINETICS_MEAN, KINETICS_STD) if arch in ("r3d_18", "r2plus1d_18", "s3d") else (MVIT_MEAN, MVIT_STD)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1, 1), persistent=False)
 
     def forward(self, x):
         v = (x.transpose(1, 2) - self.mean) / self.std  # (B, 3, T, H, W)
         if v.is_cuda:  # cuDNN's fastest 3D convolutions want channels-last input
             v = v.contiguous(memory_format=torch.channels_last_3d)
         return self.net(v).flatten(1)  # (B, feature_dim)
+
+
+def _mvit_v2_s(frames: int, size: int) -> nn.Module:
+    """torchvision's ``mvit_v2_s`` fixes 16x224x224 when it calls its builder ``_mvit``; this calls it with the
+    run's sizes instead (same blocks, position tables sized for the input)."""
+    from torchvision.models.video import mvit
+
+    if frames % 2 or size % 32:
+        from .errors import ConfigError
+
+        raise ConfigError("student.arch", f"mvit_v2_s needs an even clip length and a crop side divisible by 32, "
+                                          f"got data.frames={frames}, data.size={size}")
+    build = mvit._mvit
+
+    def sized(**kwargs):
+        return build(**{**kwargs, "spatial_size": (size, size), "temporal_size": frames})
+
+    mvit._mvit = sized
+    try:
+        return mvit.mvit_v2_s(weights=None)
+    finally:
+        mvit._mvit = build
 
 
 def projection_head(in_dim: int, hidden: int, out_dim: int) -> nn.Module:
@@ -103,10 +129,16 @@ class DTGStudent(nn.Module):
 
     def __init__(self, arch: str, frames: int, teacher_dims: dict[str, int], proj_dim: int = 128,
                  proj_hidden: int = 512, num_classes: int = 0, dropout: float = 0.0,
-                 temporal_shift: bool = False, self_head: bool = True, freeze_bn: bool = False):
+                 temporal_shift: bool = False, self_head: bool = True, freeze_bn: bool = False,
+                 size: int = 112, patch_size: int = 16, tubelet: int = 2):
         super().__init__()
         self.arch, self.frames, self.freeze_bn = arch, frames, freeze_bn
-        self.backbone = TSNResNet18(frames, temporal_shift) if arch == "tsn_r18" else Video3D(arch)
+        if arch == "tsn_r18":
+            self.backbone = TSNResNet18(frames, temporal_shift)
+        elif arch in VIT_SIZES:
+            self.backbone = VideoViT(arch, frames, size, patch_size, tubelet)
+        else:
+            self.backbone = Video3D(arch, frames, size)
         d = self.backbone.feature_dim
         self.self_head = projection_head(d, proj_hidden, proj_dim) if self_head else None
         self.teacher_heads = nn.ModuleDict({n: projection_head(d, proj_hidden, dim) for n, dim in teacher_dims.items()})
@@ -137,7 +169,19 @@ class DTGStudent(nn.Module):
 def build_student(cfg, teacher_dims: dict[str, int], num_classes: int = 0, self_head: bool = True) -> DTGStudent:
     s = cfg.student
     return DTGStudent(s.arch, cfg.data.frames, teacher_dims, s.proj_dim, s.proj_hidden, num_classes, s.dropout,
-                      s.temporal_shift, self_head, s.freeze_bn)
+                      s.temporal_shift, self_head, s.freeze_bn, cfg.data.size, s.patch_size, s.tubelet)
+
+
+def initialise_backbone(model: DTGStudent, cfg) -> None:
+    """``student.init_from``: inflate a timm image ViT's weights into a ViT student (before training only)."""
+    source = cfg.student.init_from
+    if not source:
+        return
+    if not isinstance(model.backbone, VideoViT):
+        from .errors import ConfigError
+
+        raise ConfigError("student.init_from", f"inflation needs a ViT student, not {cfg.student.arch}")
+    model.backbone.inflate_from(image_vit_state(source), source)
 
 
 def save_student_safetensors(model: DTGStudent, path, meta: dict) -> None:

@@ -48,6 +48,8 @@ from .teachers import build_teacher, train_action_teacher
 from .training import pick_device, train
 
 TEACHERS = ("imagenet", "action")
+VIT_STUDENT = ("student.arch=vit_t", "student.patch_size=8", "student.tubelet=2")
+"""The ViT pair's student: ViT-Ti, 2x8x8 tubelets (2 x 4 x 4 tokens at the study's 4 frames of 32x32)."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ def entry_names(plan: StudyPlan) -> list[str]:
     """Every name study.json holds, in table order."""
     fixed = [grid_name(w) for w in plan.grid]
     return (["scratch", "ssl", *fixed[:3], "dtg_best_fixed", *fixed[3:], "dtg_learned", "dtg_adaptive",
-             "supervised", "joint_dtg", "single_frame"] + [f"teacher_knn_{t}" for t in TEACHERS])
+             "supervised", "joint_dtg", "single_frame", "vit_ssl", "vit_dtg"] + [f"teacher_knn_{t}" for t in TEACHERS])
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -166,11 +168,12 @@ class Study:
 
         self.record("teacher_cache", caches)
 
-    def base(self, seed: int) -> Config:
+    def base(self, seed: int, student: tuple[str, ...] = ()) -> Config:
         cfg = base_config(self.data_dir, self.sizes, seed)
         cfg.data.prepared = str(self.out / "prepared")
         cfg.run.teacher_cache, cfg.run.teacher_cache_dir = False, str(self.out / "teacher_cache")
-        return load_config(None, self.plan.overrides, base=cfg) if self.plan.overrides else cfg
+        overrides = [*student, *self.plan.overrides]
+        return load_config(None, overrides, base=cfg) if overrides else cfg
 
     def _labelled_config(self, base: Config, name: str, frames: int | None = None) -> Config:
         """The fine-tune recipe with the plan's learning rates (fine-tune, scratch and joint entries)."""
@@ -210,8 +213,9 @@ class Study:
         shutil.rmtree(run / "checkpoints", ignore_errors=True)
         (run / "student.safetensors").unlink(missing_ok=True)
 
-    def pretrain_entry(self, name: str, seed: int, teachers, weighting: str = "fixed") -> dict:
-        base = self.base(seed)
+    def pretrain_entry(self, name: str, seed: int, teachers, weighting: str = "fixed",
+                       student: tuple[str, ...] = ()) -> dict:
+        base = self.base(seed, student)
         pre = pretrain_config(base, self.runs, f"{name}_s{seed}_pretrain", teachers, self.sizes)
         pre.loss.weighting = weighting
         validate(pre)
@@ -261,6 +265,9 @@ class Study:
             "supervised": lambda: self.joint_entry("supervised", seed, dtg=False),
             "joint_dtg": lambda: self.joint_entry("joint_dtg", seed, dtg=True),
             "single_frame": lambda: self.scratch_entry("single_frame", seed, frames=1),
+            "vit_ssl": lambda: self.pretrain_entry("vit_ssl", seed, [], student=VIT_STUDENT),
+            "vit_dtg": lambda: self.pretrain_entry("vit_dtg", seed, synth_teachers(s, action), "adaptive",
+                                                   student=VIT_STUDENT),
         }
         unknown = set(only or []) - set(jobs)
         if unknown:
@@ -295,6 +302,8 @@ def check_targets(study: dict, dtg: str) -> list[dict]:
         target("dtg_adaptive >= dtg_best_fixed - 1", "dtg_adaptive", "dtg_best_fixed", -1,
                m["dtg_adaptive"] >= m["dtg_best_fixed"] - 1),
         target("joint_dtg >= supervised + 3", "joint_dtg", "supervised", 3, m["joint_dtg"] >= m["supervised"] + 3),
+        target("vit_dtg > vit_ssl (the method carries over to a ViT student)", "vit_dtg", "vit_ssl", 0,
+               m["vit_dtg"] > m["vit_ssl"]),
     ]
 
 

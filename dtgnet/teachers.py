@@ -1,8 +1,9 @@
 """Frozen image teachers: frames in, one embedding per frame out, mean-pooled over a sequence.
 
 Sources: the bundled EfficientNet-Lite0 ImageNet weights (offline), torchvision models by weight name (read
-from the torch hub cache when there is no internet), TorchScript files, ONNX files (onnxruntime), and
-image-based action teachers written by :func:`train_action_teacher`. A teacher is always in eval mode, has no
+from the torch hub cache when there is no internet), TorchScript files, ONNX files (onnxruntime), image-based
+action teachers written by :func:`train_action_teacher`, and timm, open_clip and Hugging Face models
+(:mod:`dtgnet.hub_teachers`). A teacher is always in eval mode, has no
 trainable parameters, and runs under ``torch.no_grad()``, so neither gradients nor BN statistics change it.
 """
 from __future__ import annotations
@@ -21,15 +22,20 @@ from .errors import CheckpointError, ConfigError
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LITE_MEAN, LITE_STD = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)  # EfficientNet-Lite: (x*255 - 127) / 128
 ACTION_TEACHER_FORMAT = "dtgnet-action-teacher/1"
+DEFAULT_INPUT = 112  # input_size 0 for sources that carry no size of their own
 
 
 class Teacher(nn.Module):
     """Wraps a frame encoder ``(N, 3, S, S) normalised -> (N, D)`` with its own input size and normalisation."""
 
-    def __init__(self, name: str, encoder: nn.Module, input_size: int, mean, std, embed_dim: int):
+    def __init__(self, name: str, encoder: nn.Module, input_size: int, mean, std, embed_dim: int,
+                 precision: str = "auto", compile: bool = False):
         super().__init__()
         self.name, self.input_size, self.embed_dim = name, input_size, embed_dim
+        self.precision = precision
         self.encoder = encoder
+        # compiled on first use; kept outside the module tree so state_dict keys stay the encoder's own
+        self.__dict__["_compiled"] = torch.compile(encoder) if compile else None
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         for p in self.parameters():
@@ -47,7 +53,10 @@ class Teacher(nn.Module):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
                               antialias=x.shape[-1] > self.input_size)
         x = (x - self.mean) / self.std
-        return self.encoder(x).flatten(1).float()
+        run = self._compiled or self.encoder
+        bf16 = self.precision == "bf16" or (self.precision == "auto" and x.is_cuda)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return run(x).flatten(1).float()
 
     @torch.no_grad()
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
@@ -159,29 +168,46 @@ def _probe_dim(encoder: nn.Module, size: int) -> int:
         return int(encoder(torch.zeros(2, 3, size, size)).flatten(1).shape[1])
 
 
-def build_teacher(cfg) -> Teacher:
-    """A frozen :class:`Teacher` from a :class:`~dtgnet.config.TeacherConfig`."""
+def _frame_encoder(cfg, class_names) -> tuple[nn.Module, int, tuple, tuple, int | None]:
+    """(encoder, the source's input size, mean, std, embedding width or None to probe)."""
     if cfg.source == "efficientnet_lite0":
-        return Teacher(cfg.name, efficientnet_lite0(), cfg.input_size, LITE_MEAN, LITE_STD, 1280)
+        return efficientnet_lite0(), DEFAULT_INPUT, LITE_MEAN, LITE_STD, 1280
     if cfg.source == "torchvision":
         model, mean, std, dim = torchvision_encoder(cfg.weights)
-        return Teacher(cfg.name, model, cfg.input_size, mean, std, dim)
+        return model, DEFAULT_INPUT, mean, std, dim
     if cfg.source == "torchscript":
         try:
             encoder = torch.jit.load(cfg.weights, map_location="cpu")
         except Exception as e:
             raise CheckpointError(f"{cfg.weights}: not a TorchScript file ({type(e).__name__})") from None
-        encoder.eval()
-        return Teacher(cfg.name, encoder, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD,
-                       _probe_dim(encoder, cfg.input_size))
+        return encoder.eval(), DEFAULT_INPUT, IMAGENET_MEAN, IMAGENET_STD, None
     if cfg.source == "onnx":
-        encoder = OnnxEncoder(cfg.weights)
-        return Teacher(cfg.name, encoder, cfg.input_size, IMAGENET_MEAN, IMAGENET_STD,
-                       _probe_dim(encoder, cfg.input_size))
+        return OnnxEncoder(cfg.weights), DEFAULT_INPUT, IMAGENET_MEAN, IMAGENET_STD, None
     if cfg.source == "action":
         encoder, meta = load_action_teacher(cfg.weights)
-        return Teacher(cfg.name, encoder, int(meta["input_size"]), LITE_MEAN, LITE_STD, int(meta["hidden"]))
+        return encoder, int(meta["input_size"]), LITE_MEAN, LITE_STD, int(meta["hidden"])
+    if cfg.source in ("timm", "open_clip", "hf"):
+        from . import hub_teachers
+
+        build = {"timm": lambda c, _: hub_teachers.timm_encoder(c), "open_clip": hub_teachers.open_clip_encoder,
+                 "hf": hub_teachers.hf_encoder}[cfg.source]
+        enc = build(cfg, class_names)
+        return enc.module, enc.input_size, enc.mean, enc.std, None
     raise ConfigError("teachers.source", f"unknown teacher source {cfg.source!r}")
+
+
+def build_teacher(cfg, class_names: list[str] | None = None) -> Teacher:
+    """A frozen :class:`Teacher` from a :class:`~dtgnet.config.TeacherConfig`. ``class_names`` (the dataset's)
+    fill a prompted teacher's prompts when its config lists no classes of its own."""
+    encoder, own_size, mean, std, dim = _frame_encoder(cfg, class_names)
+    size = cfg.input_size or own_size
+    if dim is None:
+        try:
+            dim = _probe_dim(encoder, size)
+        except Exception as e:
+            raise ConfigError("teachers.input_size", f"teacher {cfg.name!r} does not run at {size}x{size} "
+                                                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    return Teacher(cfg.name, encoder, size, mean, std, dim, cfg.precision, cfg.compile)
 
 
 def callable_teacher(name: str, fn, input_size: int, embed_dim: int, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> Teacher:

@@ -38,7 +38,7 @@ from .errors import CheckpointError, DataError, DtgError, Preempted, TooManyBadI
 from .losses import dtg_loss
 from .runlog import Logger, RunDir
 from .storage import DiskFullError
-from .students import DTGStudent, build_student, save_student_safetensors
+from .students import DTGStudent, build_student, initialise_backbone, save_student_safetensors
 from .teacher_cache import build_caches, load_cache
 from .teachers import Teacher, build_teacher
 from .weighting import build_weighting
@@ -321,7 +321,7 @@ class Trainer:
             else:
                 entries = kept
         self.num_classes = len(self.videos.classes)
-        self.teachers: list[Teacher] = [build_teacher(t).to(self.device) for t in cfg.teachers] \
+        self.teachers: list[Teacher] = [build_teacher(t, self.videos.classes).to(self.device) for t in cfg.teachers] \
             if self.uses_teachers else []
         pair = self.mode in ("pretrain", "joint")
         self.model: DTGStudent = build_student(
@@ -348,6 +348,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last_3d)
         if init:
             self._load_init(init)
+        else:
+            initialise_backbone(self.model, cfg)
         if self.labelled_count:
             n_lab = self.labelled_count
             self.sampler = LabelledShareSampler(
@@ -503,7 +505,10 @@ class Trainer:
             self._dataloader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler,
                                           num_workers=nw, drop_last=True, pin_memory=self.device.type == "cuda",
                                           persistent_workers=nw > 0, prefetch_factor=4 if nw else None,
-                                          worker_init_fn=_worker_exits_quietly if nw else None)
+                                          worker_init_fn=_worker_exits_quietly if nw else None,
+                                          # its own generator: starting an epoch must not draw from the global
+                                          # RNG that dropout / stochastic depth use, or a resume would diverge
+                                          generator=torch.Generator().manual_seed(self.cfg.run.seed))
         return self._dataloader
 
     def _batches(self, start: int):

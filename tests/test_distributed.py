@@ -133,3 +133,18 @@ def test_sigterm_stops_every_rank_then_an_elastic_restart_finishes_identically(t
     assert step == ref_step == STEPS and final.keys() == ref.keys()
     different = [k for k in final if not torch.equal(final[k], ref[k])]
     assert not different, different[:5]
+
+
+def test_vit_student_trains_alike_in_one_and_two_processes(tiny_synth, tmp_path):
+    opts = {**COMMON, "student.arch": "vit_t", "student.patch_size": 8, "optim.max_steps": 3,
+            "run.keep_checkpoints": 3}
+    for name, nproc in (("one", 1), ("two", 2)):
+        run(["pretrain", *tiny_overrides(tiny_synth, tmp_path / name, **opts), "--no-progress"], tmp_path, nproc)
+    logs = {n: [r["loss"] for r in read_log(tmp_path / n / "log.jsonl") if "loss" in r] for n in ("one", "two")}
+    assert len(logs["one"]) == len(logs["two"]) == 3
+    assert all(abs(a - b) < 1e-4 * max(1.0, abs(a)) for a, b in zip(logs["one"], logs["two"]))
+    one, two = (last_tensors(tmp_path / n)[1] for n in ("one", "two"))
+    # all weights together: the key half of a qkv bias gets no gradient (softmax ignores it), and Adam turns
+    # the float noise there into lr-sized steps that differ between 1 and 2 processes
+    a, b = (torch.cat([t[k].double().flatten() for k in sorted(t)]) for t in (one, two))
+    assert (a - b).norm() <= 1e-3 * a.norm()

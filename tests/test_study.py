@@ -45,10 +45,12 @@ def test_check_targets():
 
     study = {"scratch": entry(30, [28, 32]), "ssl": entry(40, [38, 42]), "dtg_x": entry(46, [43, 49]),
              "dtg_adaptive": entry(44, [40, 48]), "dtg_best_fixed": entry(45.5, [44, 47]),
-             "supervised": entry(30, [29, 31]), "joint_dtg": entry(32, [30, 34])}
+             "supervised": entry(30, [29, 31]), "joint_dtg": entry(32, [30, 34]), "vit_ssl": entry(30, [29, 31]),
+             "vit_dtg": entry(31, [29, 33])}
     met = {t["target"]: t["met"] for t in check_targets(study, "dtg_x")}
     assert met == {"dtg_x >= scratch + 15": True, "dtg_x >= ssl + 5, 95 % intervals apart": True,
-                   "dtg_adaptive >= dtg_best_fixed - 1": False, "joint_dtg >= supervised + 3": False}
+                   "dtg_adaptive >= dtg_best_fixed - 1": False, "joint_dtg >= supervised + 3": False,
+                   "vit_dtg > vit_ssl (the method carries over to a ViT student)": True}
     assert check_targets(study, "dtg_x")[0]["paired_ci95"] == [16.0, 16.0]  # the same offset every seed
     study["ssl"] = entry(40, [35, 44])  # +6 points, but the intervals overlap
     assert not check_targets(study, "dtg_x")[1]["met"]
@@ -58,7 +60,7 @@ def test_entry_names_cover_the_issue():
     names = entry_names(PLANS["full"])
     for n in ("scratch", "ssl", "dtg_imagenet", "dtg_action", "dtg_equal", "dtg_best_fixed", "dtg_learned",
               "dtg_adaptive", "supervised", "joint_dtg", "single_frame", "teacher_knn_imagenet",
-              "teacher_knn_action"):
+              "teacher_knn_action", "vit_ssl", "vit_dtg"):
         assert n in names
     assert len(set(names)) == len(names)
 
@@ -85,7 +87,7 @@ def test_quick_study_writes_every_entry(quick_study):
     meta = json.loads((out / "runs.json").read_text())
     assert study["dtg_best_fixed"] == study[meta["best_fixed"]]
     assert meta["best_fixed"] == max(meta["grid_val_top1"], key=meta["grid_val_top1"].get)
-    assert len(meta["targets"]) == 4 and meta["command"].startswith("dtgnet study --quick")
+    assert len(meta["targets"]) == 5 and meta["command"].startswith("dtgnet study --quick")
     md = (out / "study.md").read_text()
     for text in ("Command: `dtgnet study --quick", "Machine:", "Wall time:", "| dtg_adaptive |",
                  "Teacher-weight grid", "(chosen)", "## Targets"):

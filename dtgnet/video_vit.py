@@ -1,0 +1,163 @@
+"""A ViT video student: tubelet embedding and joint space-time attention (ViViT's model 1, VideoMAE's backbone).
+
+Attention runs through ``F.scaled_dot_product_attention``, so a GPU picks its flash or memory-efficient
+kernel. Parameter names follow timm's image ViT (``patch_embed.proj``, ``blocks.N.attn.qkv``, ...), so the
+spatial weights of a timm ViT can be inflated into the video model: the 2D patch kernel is repeated over the
+tubelet's frames and divided by their number (a static video gives the image's features), the spatial
+position table is resampled to the frame grid, and the temporal table starts at zero.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+
+VIT_SIZES = {"vit_t": (192, 12, 3), "vit_s": (384, 12, 6), "vit_b": (768, 12, 12)}  # width, depth, heads
+"""ViT-Ti/S/B (DeiT, ViT): the names timm uses for vit_tiny/small/base_patch16_224."""
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # 3x (B, h, N, d/h)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d/h)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=1e-6), Attention(dim, heads)
+        self.norm2, self.mlp = nn.LayerNorm(dim, eps=1e-6), Mlp(dim, 4 * dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class TubeletEmbed(nn.Module):
+    """``(B, 3, T, H, W)`` -> ``(B, T/t * H/p * W/p, D)``: one token per t x p x p tubelet."""
+
+    def __init__(self, dim: int, patch: int, tubelet: int):
+        super().__init__()
+        self.proj = nn.Conv3d(3, dim, (tubelet, patch, patch), stride=(tubelet, patch, patch))
+
+    def forward(self, x):
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class VideoViT(nn.Module):
+    """Video ViT with factorised position tables (space + time) and a mean-pooled, normalised output."""
+
+    temporal = "segments"  # sparse TSN-style sampling over the whole video, as UMT and VideoMAE on SSv2
+
+    def __init__(self, arch: str, frames: int, size: int, patch: int = 16, tubelet: int = 2):
+        super().__init__()
+        if arch not in VIT_SIZES:
+            raise ConfigError("student.arch", f"unknown ViT size {arch!r} (known: {', '.join(VIT_SIZES)})")
+        if frames % tubelet or size % patch:
+            raise ConfigError("student.tubelet", f"{frames} frames of {size}x{size} do not split into "
+                                                 f"{tubelet}x{patch}x{patch} tubelets (data.frames, data.size, "
+                                                 f"student.patch_size)")
+        dim, depth, heads = VIT_SIZES[arch]
+        self.feature_dim, self.patch, self.tubelet = dim, patch, tubelet
+        self.grid = (frames // tubelet, size // patch, size // patch)
+        self.patch_embed = TubeletEmbed(dim, patch, tubelet)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[1] * self.grid[2], dim))  # spatial
+        self.time_embed = nn.Parameter(torch.zeros(1, self.grid[0], dim))
+        self.blocks = nn.ModuleList(Block(dim, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        nn.init.trunc_normal_(self.time_embed, std=0.02)
+        self.apply(_init_weights)
+        self.register_buffer("mean", torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1, 1), persistent=False)
+
+    def forward(self, x):
+        v = (x.transpose(1, 2) - self.mean) / self.std  # (B, 3, T, H, W)
+        tokens = self.patch_embed(v)  # (B, T' * H' * W', D)
+        t, hw = self.grid[0], self.grid[1] * self.grid[2]
+        pos = (self.time_embed[:, :, None] + self.pos_embed[:, None]).flatten(1, 2)  # (1, T' * H' * W', D)
+        if tokens.shape[1] != pos.shape[1]:
+            raise ValueError(f"student built for {t}x{hw} tokens got input of shape {tuple(x.shape)}")
+        x = tokens + pos
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x.mean(1))  # (B, D)
+
+    @torch.no_grad()
+    def inflate_from(self, state: dict, source: str) -> None:
+        """Load the spatial weights of a timm image ViT of the same width and depth (see the module doc)."""
+        own = self.state_dict()
+        w2d = state.get("patch_embed.proj.weight")
+        if w2d is None or w2d.shape[0] != self.feature_dim:
+            raise CheckpointError(f"{source}: not a timm ViT of width {self.feature_dim} (no matching "
+                                  f"patch_embed.proj.weight)")
+        if w2d.shape[-1] != self.patch:
+            w2d = F.interpolate(w2d, size=(self.patch, self.patch), mode="bicubic", align_corners=False)
+        new = {"patch_embed.proj.weight": w2d[:, :, None].repeat(1, 1, self.tubelet, 1, 1) / self.tubelet,
+               "patch_embed.proj.bias": state["patch_embed.proj.bias"]}
+        pos = state.get("pos_embed")
+        if pos is not None:
+            side = math.isqrt(pos.shape[1])
+            grid = pos[:, pos.shape[1] - side * side:]  # drop the class/register tokens' entries
+            grid = grid.reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, s, s)
+            grid = F.interpolate(grid, size=self.grid[1:], mode="bicubic", align_corners=False)
+            new["pos_embed"] = grid.flatten(2).transpose(1, 2)
+        new["time_embed"] = torch.zeros_like(own["time_embed"])
+        for k, v in state.items():
+            if k.startswith("fc_norm.") and "norm.weight" not in state:  # timm's mean-pooled ViTs
+                k = k[len("fc_"):]
+            if k.startswith(("blocks.", "norm.")) and k in own:
+                new[k] = v
+        missing = [k for k in own if k.startswith("blocks.") and k not in new]
+        if missing:
+            raise CheckpointError(f"{source}: lacks {len(missing)} block weights of this ViT (first: {missing[0]}); "
+                                  f"is it the same size?")
+        try:
+            self.load_state_dict(new, strict=False)
+        except RuntimeError as e:
+            raise CheckpointError(f"{source}: shapes do not match this ViT ({str(e).splitlines()[0]})") from None
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def image_vit_state(source: str) -> dict:
+    """A timm image ViT's state dict from a local file (safetensors or weights-only torch) or, for a name
+    that is no file, from timm's hub (``vit_small_patch16_224.augreg_in21k``)."""
+    from .hub_teachers import read_state_dict, require_extra
+
+    if Path(source).suffix in (".safetensors", ".pt", ".pth", ".bin") or Path(source).exists():
+        return read_state_dict(Path(source), "student.init_from")
+    timm = require_extra("timm", "timm")
+    try:
+        return timm.create_model(source, pretrained=True).state_dict()
+    except Exception as e:
+        raise CheckpointError(f"timm {source}: cannot load its weights ({str(e).strip().splitlines()[0]})") from None
