@@ -35,12 +35,12 @@ QUICK = dict(preset=SynthPreset(pairs=2, train_per_class=8, val_per_class=1, tes
              loader_batches=3, hd_videos=8, hd_seconds=1, hd_batches=1)
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _step_time(cfg, work: Path, name: str, steps: int) -> tuple[float, str]:
+def step_time(cfg, work: Path, name: str, steps: int) -> tuple[float, str]:
     cfg = copy.deepcopy(cfg)
     cfg.run.out = str(work / "runs" / name)
     trainer = Trainer(cfg, "pretrain", force=True, progress=False)
@@ -50,10 +50,10 @@ def _step_time(cfg, work: Path, name: str, steps: int) -> tuple[float, str]:
         times = []
         for i in range(steps + 2):
             batch = batches[i % len(batches)]
-            _sync(trainer.device)
+            sync(trainer.device)
             t = time.perf_counter()
             trainer.train_step(batch)
-            _sync(trainer.device)
+            sync(trainer.device)
             if i >= 2:  # the first steps warm up allocators and kernels
                 times.append(time.perf_counter() - t)
         return statistics.median(times), str(trainer.device)
@@ -100,9 +100,9 @@ def run_bench(device: str = "cpu", quick: bool = False, work_dir: str | None = N
         cached = copy.deepcopy(cfg)
         cached.run.teacher_cache = True
         results = {}
-        results["student_step_s"], dev = _step_time(student_only, work, "student", sizes["steps"])
-        results["dtg_online_step_s"], _ = _step_time(cfg, work, "online", sizes["steps"])
-        results["dtg_cached_step_s"], _ = _step_time(cached, work, "cached", sizes["steps"])
+        results["student_step_s"], dev = step_time(student_only, work, "student", sizes["steps"])
+        results["dtg_online_step_s"], _ = step_time(cfg, work, "online", sizes["steps"])
+        results["dtg_cached_step_s"], _ = step_time(cached, work, "cached", sizes["steps"])
         videos = load_split(cfg.data, "train")
         results["loader_naive_clips_per_s"] = _loader_rate(videos, get_reader("pyav"), cfg, sizes["loader_batches"])
         prepare([videos], get_reader("pyav"), work / "prepared", max(cfg.data.size, 48), progress=False)

@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run the steps")
     bench.add_argument("--json", help="write the figures to this JSON file")
     bench.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test of the benchmark)")
+    bench.add_argument("--models", action="store_true",
+                       help="instead: every student's step, every teacher source's images/s, and a ViT's DTG step "
+                            "with timm, open_clip and Hugging Face teachers online vs cached (needs dtgnet[timm,clip,hf])")
 
     cfg = sub.add_parser("config", help="print every config key with its default and meaning",
                          description="Print every config key, its default value and its description.")
@@ -329,12 +332,19 @@ def _cmd_config(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import format_table, run_bench
     from .training import pick_device
 
     pick_device(args.device)  # a missing GPU is a one-line error
-    r = run_bench(args.device, quick=args.quick)
-    print(format_table(r))
+    if args.models:
+        from .bench_models import format_model_table, run_model_bench
+
+        r = run_model_bench(args.device, quick=args.quick)
+        print(format_model_table(r))
+    else:
+        from .bench import format_table, run_bench
+
+        r = run_bench(args.device, quick=args.quick)
+        print(format_table(r))
     if args.json:
         Path(args.json).write_text(json.dumps(r, indent=2))
     return 0

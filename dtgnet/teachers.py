@@ -53,7 +53,7 @@ class Teacher(nn.Module):
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
                               antialias=x.shape[-1] > self.input_size)
         x = (x - self.mean) / self.std
-        run = self._compiled or self.encoder
+        run = self.encoder if self._compiled is None else self._compiled
         bf16 = self.precision == "bf16" or (self.precision == "auto" and x.is_cuda)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
             return run(x).flatten(1).float()

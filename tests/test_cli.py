@@ -45,3 +45,14 @@ def test_bench_quick_writes_every_key(tmp_path, capsys):
         assert key in r
     assert r["dtg_online_step_s"] > 0 and r["loader_fast_clips_per_s"] > 0 and r["loader_hd_clips_per_s"] > 0
     assert "cached / online" in capsys.readouterr().out
+
+
+def test_bench_models_quick_times_every_student_and_teacher_source(tmp_path, capsys):
+    import json
+
+    assert main(["bench", "--models", "--quick", "--json", str(tmp_path / "m.json")]) == 0
+    r = json.loads((tmp_path / "m.json").read_text())
+    assert set(r["student_step_s"]) == {"tsn_r18", "vit_t", "swin3d_t"} and min(r["student_step_s"].values()) > 0
+    assert {k.split(":")[0] for k in r["teacher_images_per_s"]} == {"efficientnet_lite0", "timm", "open_clip", "hf"}
+    assert r["hub_dtg_online_step_s"] > 0 and r["hub_dtg_cached_step_s"] > 0
+    assert "cached" in capsys.readouterr().out

@@ -60,6 +60,10 @@ def hub(tmp_path_factory):
                                                               num_hidden_layers=2, num_attention_heads=2,
                                                               patch_size=8))
     dino.save_pretrained(d / "hf-dinov2")
+    siglip = transformers.SiglipModel(transformers.SiglipConfig(
+        text_config={**text, "max_position_embeddings": 16}, vision_config=vision))
+    siglip.save_pretrained(d / "hf-siglip")
+    transformers.SiglipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(d / "hf-siglip")
     return d
 
 
@@ -171,6 +175,18 @@ def test_hf_clip_teacher_projected_pooled_and_prompted(hub):
     assert zs.embed_frames(frames).sum(1).abs().max() < 1e-4  # centred logits
 
 
+def test_hf_siglip_teacher_gives_its_pooled_projection(hub):
+    source = str(hub / "hf-siglip")
+    ref = transformers.SiglipModel.from_pretrained(source).eval()
+    t = build_teacher(TeacherConfig(name="siglip", source="hf", model=source))
+    assert t.input_size == 32 and t.mean.flatten().tolist() == [0.5, 0.5, 0.5]
+    frames = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        out = ref.get_image_features(pixel_values=normalised(t, frames))
+        out = out if torch.is_tensor(out) else out.pooler_output
+        torch.testing.assert_close(t.embed_frames(frames), out)
+
+
 def test_hf_dinov2_teacher_cls_or_mean_patch(hub):
     source = str(hub / "hf-dinov2")
     ref = transformers.Dinov2Model.from_pretrained(source).eval()
@@ -238,3 +254,17 @@ def test_shipped_config_pretrains_a_vit_with_timm_open_clip_and_hf_teachers(hub,
     assert len(logs) == 2 and set(logs[-1]["weights"]) == {"imagenet", "action", "dino"}
     assert all(f"teacher/{n}" in logs[-1] for n in ("imagenet", "action", "dino"))
     capsys.readouterr()
+
+
+def test_compiled_teacher_traces_and_keeps_its_state_dict(hub, monkeypatch):
+    import functools
+
+    # dynamo captures the graph as in a real compile; the eager backend skips the minute of C++ code generation
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    cfg = TeacherConfig(name="vit", source="timm", model="test_vit", weights=str(hub / "test_vit.safetensors"),
+                        input_size=32)
+    plain = build_teacher(cfg)
+    compiled = build_teacher(TeacherConfig(**{**cfg.__dict__, "compile": True}))
+    assert compiled._compiled is not None and compiled.state_dict().keys() == plain.state_dict().keys()
+    frames = torch.rand(2, 3, 32, 32)
+    torch.testing.assert_close(compiled.embed_frames(frames), plain.embed_frames(frames))
