@@ -441,7 +441,9 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
             raise ConfigError(f"teachers.{i}.prompt", "prompts need a CLIP-family teacher (source open_clip or hf)")
         if t.prompt and "{}" not in t.prompt:
             raise ConfigError(f"teachers.{i}.prompt", f"must hold {{}} where the class name goes, got {t.prompt!r}")
-        if check_paths and t.source == "timm" and t.weights and not Path(t.weights).is_file():
+        local_file = t.source == "timm" or Path(t.weights).suffix in (".pt", ".pth", ".bin", ".safetensors")
+        if check_paths and t.source in ("timm", "open_clip") and t.weights and local_file \
+                and not Path(t.weights).is_file():
             raise ConfigError(f"teachers.{i}.weights", f"file not found: {t.weights}")
         if not t.name:
             raise ConfigError(f"teachers.{i}.name", "must not be empty")

@@ -269,8 +269,8 @@ def hf_encoder(cfg, class_names=None) -> HubEncoder:
                               f"{source} needs code from its repository; set it to true only if you trust it") from None
         raise CheckpointError(f"{source}: cannot load ({_first_line(e)})") from None
     except Exception as e:
-        raise CheckpointError(f"{source}: cannot load from {'the directory' if local else 'the hub or its cache'} "
-                              f"({_first_line(e)})") from None
+        where = "the directory" if local else "the hub or its cache, and no local directory has that name"
+        raise CheckpointError(f"{source}: cannot load from {where} ({_first_line(e)})") from None
     model.eval()
     projects = hasattr(model, "get_image_features")
     embedding = cfg.embedding if cfg.embedding != "default" else ("projected" if projects else "cls")

@@ -268,3 +268,21 @@ def test_compiled_teacher_traces_and_keeps_its_state_dict(hub, monkeypatch):
     assert compiled._compiled is not None and compiled.state_dict().keys() == plain.state_dict().keys()
     frames = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(compiled.embed_frames(frames), plain.embed_frames(frames))
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["teachers.0.source=timm"], "teachers.0.model"),
+    (["teachers.0.source=open_clip", "teachers.0.model=ViT-B-16", "teachers.0.weights=nowhere/clip.pt"],
+     "teachers.0.weights"),
+    (["teachers.0.source=timm", "teachers.0.model=resnet50", "teachers.0.weights=nowhere.safetensors"],
+     "teachers.0.weights"),
+    (["teachers.0.source=timm", "teachers.0.model=resnet50", "teachers.0.prompt=a {}"], "teachers.0.prompt"),
+    (["teachers.0.source=hf", "teachers.0.model=x", "teachers.0.prompt=no slot"], "teachers.0.prompt"),
+    (["teachers.0.embedding=middle"], "teachers.0.embedding"),
+    (["teachers.0.precision=fp8"], "teachers.0.precision"),
+])
+def test_hub_teacher_config_mistakes_fail_before_any_work(overrides, key, tmp_path):
+    from dtgnet.config import load_config
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [f"data.root={tmp_path}", *overrides])
