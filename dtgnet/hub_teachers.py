@@ -104,9 +104,14 @@ def timm_encoder(cfg) -> HubEncoder:
     except Exception as e:
         raise CheckpointError(f"timm {cfg.model}: cannot load the pretrained weights from the hub or its cache "
                               f"({_first_line(e)}); name a local file in teachers.weights") from None
-    if local is not None:
+    model.reset_classifier(0)  # forward() now returns the pooled pre-logits features
+    if local is not None:  # any classifier in the file goes: a checkpoint fine-tuned on other classes loads too
+        heads = model.pretrained_cfg.get("classifier") or ()
+        heads = (heads,) if isinstance(heads, str) else tuple(heads)
+        state = {k: v for k, v in read_state_dict(local, "teachers.weights").items()
+                 if not k.startswith(tuple(f"{h}." for h in heads))}
         try:
-            model.load_state_dict(read_state_dict(local, "teachers.weights"))
+            model.load_state_dict(state)
         except RuntimeError as e:
             raise CheckpointError(f"{local}: weights do not match timm {cfg.model} ({_first_line(e)})") from None
     if cfg.embedding in ("cls", "mean_patch") and not hasattr(model, "num_prefix_tokens"):
@@ -114,7 +119,6 @@ def timm_encoder(cfg) -> HubEncoder:
                                                 f"{cfg.model} has no tokens (use default)")
     if cfg.embedding not in ("default", "cls", "mean_patch"):
         raise ConfigError("teachers.embedding", f"timm teachers give default, cls or mean_patch, not {cfg.embedding}")
-    model.reset_classifier(0)  # forward() now returns the pooled pre-logits features
     data = timm.data.resolve_model_data_config(model)
     return HubEncoder(_TimmEncoder(model.eval(), cfg.embedding), _side(data["input_size"]),
                       tuple(data["mean"]), tuple(data["std"]))

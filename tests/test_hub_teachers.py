@@ -91,6 +91,19 @@ def test_timm_teacher_uses_the_model_config_and_matches_timm(hub):
     assert tokens.input_size == 64 and tokens.embed_frames(torch.rand(2, 3, 64, 64)).shape == (2, ref.num_features)
 
 
+def test_timm_teacher_loads_a_checkpoint_fine_tuned_on_other_classes(tmp_path):
+    from safetensors.torch import save_file
+
+    tuned = timm.create_model("test_vit", pretrained=False, num_classes=7)
+    save_file({k: v.contiguous() for k, v in tuned.state_dict().items()}, str(tmp_path / "tuned.safetensors"))
+    t = build_teacher(TeacherConfig(name="t", source="timm", model="test_vit", input_size=32,
+                                    weights=str(tmp_path / "tuned.safetensors")))
+    tuned.reset_classifier(0)
+    frames = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(t.embed_frames(frames), tuned.eval()(normalised(t, frames)))
+
+
 def test_timm_teacher_errors_name_the_file_or_key(hub, tmp_path):
     with pytest.raises(ConfigError, match="teachers.model"):
         build_teacher(TeacherConfig(name="x", source="timm", model="no_such_model_xyz",
