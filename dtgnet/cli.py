@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("overrides", nargs="*", help="dotted config overrides applied to every run (to study "
                                                     "a method change), e.g. loss.queue_size=256")
     study.add_argument("--out", required=True, help="output directory")
-    study.add_argument("--quick", action="store_true", help="smoke size: two steps per run (a few minutes)")
+    study.add_argument("--quick", action="store_true", help="smoke size: two seeds, two steps per run (a few minutes)")
     study.add_argument("--force", action="store_true", help="overwrite an existing output directory")
     study.add_argument("--resume", action="store_true", help="continue a study in --out, skipping finished runs")
     demo = sub.add_parser("demo", help="the whole method on the embedded SynthActions benchmark",
