@@ -115,8 +115,13 @@ class VideoViT(nn.Module):
                                   f"patch_embed.proj.weight)")
         if w2d.shape[-1] != self.patch:
             w2d = F.interpolate(w2d, size=(self.patch, self.patch), mode="bicubic", align_corners=False)
+        unsupported = [k for k in state if (k.startswith("blocks.") and k not in own) or k.startswith("norm_pre.")]
+        if unsupported:  # layer scale, pre-norm (CLIP-style) and other variants would be dropped silently
+            raise CheckpointError(f"{source}: holds weights a plain ViT does not have (first: {unsupported[0]}); "
+                                  f"inflation takes standard timm ViTs (vit_*_patch16_224.*, DeiT)")
+        bias = state.get("patch_embed.proj.bias", torch.zeros(self.feature_dim))
         new = {"patch_embed.proj.weight": w2d[:, :, None].repeat(1, 1, self.tubelet, 1, 1) / self.tubelet,
-               "patch_embed.proj.bias": state["patch_embed.proj.bias"]}
+               "patch_embed.proj.bias": bias}
         pos = state.get("pos_embed")
         if pos is not None:
             side = math.isqrt(pos.shape[1])

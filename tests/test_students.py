@@ -92,6 +92,11 @@ def test_vit_inflated_from_an_image_vit_sees_a_still_video_as_the_image(tmp_path
     with torch.no_grad():  # timm: blocks, mean over patch tokens, fc_norm
         expected = image.forward_head(image.forward_features((frame - mean) / std), pre_logits=True)
         torch.testing.assert_close(model.eval()(still), expected, atol=1e-4, rtol=1e-4)
+    scaled = tmp_path / "layer_scale.safetensors"
+    save_file({**image.state_dict(), "blocks.0.ls1.gamma": torch.ones(192)}, str(scaled))
+    cfg.student.init_from = str(scaled)
+    with pytest.raises(CheckpointError, match="blocks.0.ls1.gamma"):
+        initialise_backbone(build_student(cfg, {}), cfg)
     wrong = tmp_path / "other.safetensors"
     save_file({"patch_embed.proj.weight": torch.zeros(8, 3, 16, 16)}, str(wrong))
     cfg.student.init_from = str(wrong)
