@@ -134,10 +134,13 @@ def teacher_fingerprint(teacher: Teacher, teacher_cfg) -> dict:
         h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
     if teacher_cfg.source == "onnx":
         h.update(Path(teacher_cfg.weights).read_bytes())
-    return {"name": teacher_cfg.name, "source": teacher_cfg.source, "weights": teacher_cfg.weights,
-            "params_sha256": h.hexdigest()[:32], "input_size": teacher.input_size,
-            "mean": teacher.mean.flatten().tolist(), "std": teacher.std.flatten().tolist(),
-            "preprocessing": PREPROCESSING}
+    fp = {"name": teacher_cfg.name, "source": teacher_cfg.source, "weights": teacher_cfg.weights,
+          "params_sha256": h.hexdigest()[:32], "input_size": teacher.input_size,
+          "mean": teacher.mean.flatten().tolist(), "std": teacher.std.flatten().tolist(),
+          "preprocessing": PREPROCESSING}
+    if teacher_cfg.source in ("timm", "open_clip", "hf"):  # which output is the embedding: not in the weights
+        fp.update(model=teacher_cfg.model, embedding=teacher_cfg.embedding, prompt=teacher_cfg.prompt)
+    return fp
 
 
 def data_fingerprint(dataset: VideoDataset) -> list[list]:

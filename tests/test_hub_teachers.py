@@ -267,6 +267,10 @@ def test_shipped_config_pretrains_a_vit_with_timm_open_clip_and_hf_teachers(hub,
     assert len(logs) == 2 and set(logs[-1]["weights"]) == {"imagenet", "action", "dino"}
     assert all(f"teacher/{n}" in logs[-1] for n in ("imagenet", "action", "dino"))
     capsys.readouterr()
+    # the same weights giving another output are another teacher: the cache is refused, not reused
+    other = [*overrides, "teachers.2.embedding=mean_patch", f"run.out={tmp_path / 'other'}"]
+    assert main(["pretrain", "-c", str(config), *other, "--no-progress"]) != 0
+    assert "stale teacher cache, the teacher's embedding changed" in capsys.readouterr().err
 
 
 def test_compiled_teacher_traces_and_keeps_its_state_dict(hub, monkeypatch):
