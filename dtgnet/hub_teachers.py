@@ -12,6 +12,7 @@ vector of class logits against the text embeddings of the prompted class names, 
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,10 @@ def open_clip_encoder(cfg, class_names=None) -> HubEncoder:
     if name.endswith(".json"):
         if not Path(name).is_file():
             raise ConfigError("teachers.model", f"file not found: {name}")
+        try:
+            json.loads(Path(name).read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError("teachers.model", f"{name}: not an open_clip model config ({_first_line(e)})") from None
         open_clip.add_model_config(name)
         name = Path(name).stem
     if open_clip.get_model_config(name) is None and not name.startswith("hf-hub:"):

@@ -138,6 +138,10 @@ def test_open_clip_teacher_gives_the_projected_embedding(hub):
         torch.testing.assert_close(t.embed_frames(frames), ref.encode_image(normalised(t, frames)))
     with pytest.raises(ConfigError, match="teachers.model"):
         build_teacher(TeacherConfig(name="x", source="open_clip", model="No-Such-Model"))
+    broken = hub / "broken-clip.json"
+    broken.write_text("{not json")
+    with pytest.raises(ConfigError, match="broken-clip.json: not an open_clip model config"):
+        build_teacher(TeacherConfig(name="x", source="open_clip", model=str(broken)))
 
 
 def test_prompted_open_clip_teacher_is_a_zero_shot_action_classifier(hub):
