@@ -4,7 +4,8 @@
 * ``dtg_online_step_s``: a DTG step with both teachers (bundled ImageNet + image-based action) run online;
 * ``dtg_cached_step_s``: the same DTG step reading the teachers' per-frame embeddings from the cache;
 * ``loader_naive_clips_per_s`` / ``loader_fast_clips_per_s``: sequences per second out of the DataLoader,
-  decoding every sample with PyAV vs reading the `dtgnet data prepare` memory map.
+  decoding every sample with PyAV vs reading the `dtgnet data prepare` memory map (cropped uint8 views);
+* ``colour_ms_per_batch``: the colour augmentation of one batch's two views, done on the training device.
 
 Step times are medians over timed steps on batches loaded beforehand (the data path is measured apart).
 """
@@ -16,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -29,10 +31,10 @@ from .teachers import train_action_teacher
 from .training import Trainer
 
 FULL = dict(preset="quick", batch=16, frames=4, size=48, teacher_input=96, steps=8, loader_batches=12,
-            hd_videos=16, hd_seconds=2, hd_batches=2)
+            hd_videos=16, hd_seconds=2, hd_batches=2, loader_seconds=3.0)
 QUICK = dict(preset=SynthPreset(pairs=2, train_per_class=8, val_per_class=1, test_per_class=1, stills_per_class=8,
                                 frames=12, size=48), batch=8, frames=4, size=40, teacher_input=64, steps=3,
-             loader_batches=3, hd_videos=8, hd_seconds=1, hd_batches=1)
+             loader_batches=3, hd_videos=8, hd_seconds=1, hd_batches=1, loader_seconds=0.0)
 
 
 def sync(device: torch.device) -> None:
@@ -61,22 +63,45 @@ def step_time(cfg, work: Path, name: str, steps: int) -> tuple[float, str]:
         trainer.close()
 
 
-def _loader_rate(videos, reader, cfg, batches: int, decoder_scaling: bool = True) -> float:
+def _colour_time(cfg, device: torch.device, repeats: int = 10) -> float:
+    """Median seconds to colour a batch's two views on ``device`` (the loader ships them uncoloured)."""
+    from .data.transforms import apply_colour, random_colour
+
+    rng = np.random.default_rng(0)
+    shape = (cfg.optim.batch_size, cfg.data.frames, 3, cfg.data.size, cfg.data.size)
+    views = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0)).to(device)
+    params = torch.stack([random_colour(rng, True) for _ in range(shape[0])])
+    times = []
+    for _ in range(repeats + 2):
+        sync(device)
+        t = time.perf_counter()
+        apply_colour(views, params), apply_colour(views, params)
+        sync(device)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times[2:])
+
+
+def _loader_rate(videos, reader, cfg, batches: int, decoder_scaling: bool = True, min_seconds: float = 3.0) -> float:
+    """Sequences per second out of a DataLoader with persistent workers, as training uses it: over at least
+    ``batches`` batches and ``min_seconds``, after every worker has delivered its first batch."""
     ds = VideoDataset(videos, "pair", cfg.data.frames, cfg.data.size, reader=reader, flip=False)
     if not decoder_scaling:
         ds.decode_short_side = None
-    loader = DataLoader(ds, batch_size=cfg.optim.batch_size, shuffle=True, num_workers=cfg.data.workers,
-                        drop_last=True, generator=torch.Generator().manual_seed(0))
-    it = iter(loader)
-    next(it)  # start-up (workers, first open) is not throughput
-    t, n = time.perf_counter(), 0
-    for _ in range(batches):
-        try:
-            raw = next(it)
-        except StopIteration:
-            it = iter(loader)
-            raw = next(it)
-        n += 2 * len(raw["index"])
+    workers = cfg.data.workers
+    loader = DataLoader(ds, batch_size=cfg.optim.batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
+
+    def batches_forever():
+        while True:
+            yield from loader
+
+    it = batches_forever()
+    for _ in range(max(workers, 1)):  # start-up (workers, first open) is not throughput
+        next(it)
+    t, n, k = time.perf_counter(), 0, 0
+    while k < batches or time.perf_counter() - t < min_seconds:
+        n += 2 * len(next(it)["index"])
+        k += 1
     return n / (time.perf_counter() - t)
 
 
@@ -104,14 +129,17 @@ def run_bench(device: str = "cpu", quick: bool = False, work_dir: str | None = N
         results["dtg_online_step_s"], _ = step_time(cfg, work, "online", sizes["steps"])
         results["dtg_cached_step_s"], _ = step_time(cached, work, "cached", sizes["steps"])
         videos = load_split(cfg.data, "train")
-        results["loader_naive_clips_per_s"] = _loader_rate(videos, get_reader("pyav"), cfg, sizes["loader_batches"])
+        results["loader_naive_clips_per_s"] = _loader_rate(videos, get_reader("pyav"), cfg, sizes["loader_batches"],
+                                                             min_seconds=sizes["loader_seconds"])
         prepare([videos], get_reader("pyav"), work / "prepared", max(cfg.data.size, 48), progress=False)
+        results["colour_ms_per_batch"] = 1000 * _colour_time(cfg, torch.device(dev))
         results["loader_fast_clips_per_s"] = _loader_rate(videos, PreparedReader(work / "prepared", work / "data"),
-                                                          cfg, sizes["loader_batches"])
+                                                          cfg, sizes["loader_batches"], min_seconds=sizes["loader_seconds"])
         hd = _hd_videos(work / "hd", sizes["hd_videos"], sizes["hd_seconds"])
-        results["loader_hd_clips_per_s"] = _loader_rate(hd, get_reader("pyav"), cfg, sizes["hd_batches"])
-        results["loader_hd_full_size_decode_clips_per_s"] = _loader_rate(hd, get_reader("pyav"), cfg,
-                                                                         sizes["hd_batches"], decoder_scaling=False)
+        results["loader_hd_clips_per_s"] = _loader_rate(hd, get_reader("pyav"), cfg, sizes["hd_batches"],
+                                                          min_seconds=sizes["loader_seconds"])
+        results["loader_hd_full_size_decode_clips_per_s"] = _loader_rate(hd, get_reader("pyav"), cfg, sizes["hd_batches"], decoder_scaling=False,
+                                                                         min_seconds=sizes["loader_seconds"])
     results["cached_over_online"] = results["dtg_cached_step_s"] / results["dtg_online_step_s"]
     results["fast_over_naive"] = results["loader_fast_clips_per_s"] / results["loader_naive_clips_per_s"]
     results["device"] = dev
@@ -145,6 +173,7 @@ def format_table(r: dict) -> str:
             ("loader, PyAV per sample", f"{r['loader_naive_clips_per_s']:.1f} clips/s"),
             ("loader, prepared memory map", f"{r['loader_fast_clips_per_s']:.1f} clips/s"),
             ("fast / naive", f"{r['fast_over_naive']:.1f}x"),
+            ("colour of a batch, on the device", f"{r['colour_ms_per_batch']:.1f} ms"),
             ("loader, 1280x720 PyAV per sample", f"{r['loader_hd_clips_per_s']:.1f} clips/s"),
             ("  same, full-size decode", f"{r['loader_hd_full_size_decode_clips_per_s']:.1f} clips/s")]
     width = max(len(a) for a, _ in rows)

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 DATA_FORMATS = ("list", "ucf101", "hmdb51", "kinetics", "folders", "frames")
 BACKENDS = ("pyav", "decord", "torchcodec")
@@ -353,7 +353,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
         try:
             loaded = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
-            raise ConfigError("config", f"{p} is not valid YAML: {str(e).splitlines()[0]}") from None
+            raise ConfigError("config", f"{p} is not valid YAML: {first_line(e)}") from None
         if not isinstance(loaded, dict):
             raise ConfigError("config", f"{p} must hold a mapping at the top level")
         _merge(tree, loaded, "")

@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 
+def first_line(e: BaseException) -> str:
+    """A library exception in one line for a one-line error: its first line, or its type when it says nothing."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 class DtgError(Exception):
     """Base class for errors caused by input (config, files, data), not by a bug."""
 

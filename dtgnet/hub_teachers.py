@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 
 
 @dataclass
@@ -40,11 +40,6 @@ def require_extra(package: str, extra: str):
         return importlib.import_module(package)
     except ImportError:
         raise ConfigError("teachers.source", f"this teacher needs {package} (pip install 'dtgnet[{extra}]')") from None
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _side(size) -> int:
@@ -69,7 +64,7 @@ def read_state_dict(path: Path, key: str) -> dict:
         try:
             return load_file(str(path))
         except Exception as e:
-            raise CheckpointError(f"{path}: not a safetensors file ({_first_line(e)})") from None
+            raise CheckpointError(f"{path}: not a safetensors file ({first_line(e)})") from None
     state = safe_torch_load(path)
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
@@ -101,10 +96,10 @@ def timm_encoder(cfg) -> HubEncoder:
     try:
         model = timm.create_model(cfg.model, pretrained=local is None)
     except RuntimeError as e:  # unknown name
-        raise ConfigError("teachers.model", f"timm: {_first_line(e)}") from None
+        raise ConfigError("teachers.model", f"timm: {first_line(e)}") from None
     except Exception as e:
         raise CheckpointError(f"timm {cfg.model}: cannot load the pretrained weights from the hub or its cache "
-                              f"({_first_line(e)}); name a local file in teachers.weights") from None
+                              f"({first_line(e)}); name a local file in teachers.weights") from None
     model.reset_classifier(0)  # forward() now returns the pooled pre-logits features
     if local is not None:  # any classifier in the file goes: a checkpoint fine-tuned on other classes loads too
         heads = model.pretrained_cfg.get("classifier") or ()
@@ -114,7 +109,7 @@ def timm_encoder(cfg) -> HubEncoder:
         try:
             model.load_state_dict(state)
         except RuntimeError as e:
-            raise CheckpointError(f"{local}: weights do not match timm {cfg.model} ({_first_line(e)})") from None
+            raise CheckpointError(f"{local}: weights do not match timm {cfg.model} ({first_line(e)})") from None
     if cfg.embedding in ("cls", "mean_patch") and not hasattr(model, "num_prefix_tokens"):
         raise ConfigError("teachers.embedding", f"{cfg.embedding} needs a ViT-style timm model; "
                                                 f"{cfg.model} has no tokens (use default)")
@@ -179,7 +174,7 @@ def open_clip_encoder(cfg, class_names=None) -> HubEncoder:
         try:
             json.loads(Path(name).read_text())
         except (OSError, ValueError) as e:
-            raise ConfigError("teachers.model", f"{name}: not an open_clip model config ({_first_line(e)})") from None
+            raise ConfigError("teachers.model", f"{name}: not an open_clip model config ({first_line(e)})") from None
         open_clip.add_model_config(name)
         name = Path(name).stem
     if open_clip.get_model_config(name) is None and not name.startswith("hf-hub:"):
@@ -192,7 +187,7 @@ def open_clip_encoder(cfg, class_names=None) -> HubEncoder:
                                        weights_only=True)
     except Exception as e:
         where = f"{cfg.weights}" if local else f"open_clip {name} {cfg.weights or '(no weights)'}"
-        raise CheckpointError(f"{where}: cannot load ({_first_line(e)})") from None
+        raise CheckpointError(f"{where}: cannot load ({first_line(e)})") from None
     model.eval()
     pre = getattr(model.visual, "preprocess_cfg", {}) or {}
     mean = tuple(pre.get("mean") or getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
@@ -276,10 +271,10 @@ def hf_encoder(cfg, class_names=None) -> HubEncoder:
         if "trust_remote_code" in str(e):
             raise ConfigError("teachers.trust_remote_code",
                               f"{source} needs code from its repository; set it to true only if you trust it") from None
-        raise CheckpointError(f"{source}: cannot load ({_first_line(e)})") from None
+        raise CheckpointError(f"{source}: cannot load ({first_line(e)})") from None
     except Exception as e:
         where = "the directory" if local else "the hub or its cache, and no local directory has that name"
-        raise CheckpointError(f"{source}: cannot load from {where} ({_first_line(e)})") from None
+        raise CheckpointError(f"{source}: cannot load from {where} ({first_line(e)})") from None
     model.eval()
     projects = hasattr(model, "get_image_features")
     embedding = cfg.embedding if cfg.embedding != "default" else ("projected" if projects else "cls")
@@ -299,7 +294,7 @@ def hf_encoder(cfg, class_names=None) -> HubEncoder:
         try:
             tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local)
         except Exception as e:
-            raise CheckpointError(f"{source}: no tokenizer for the prompts ({_first_line(e)})") from None
+            raise CheckpointError(f"{source}: no tokenizer for the prompts ({first_line(e)})") from None
         tokens = tokenizer(prompt_texts(cfg, class_names), padding="max_length", truncation=True,
                            max_length=getattr(config.text_config, "max_position_embeddings", 64), return_tensors="pt")
         with torch.no_grad():

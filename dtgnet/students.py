@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .video_vit import VIT_SIZES, VideoViT, image_vit_state
 
 KINETICS_MEAN, KINETICS_STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
@@ -244,5 +244,5 @@ def load_student(path, device: str = "cpu") -> DTGStudent:
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the model ({str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path}: weights do not match the model ({first_line(e)})") from None
     return model.to(device).eval()

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 LITE_MEAN, LITE_STD = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)  # EfficientNet-Lite: (x*255 - 127) / 128
@@ -44,6 +44,11 @@ class Teacher(nn.Module):
 
     def train(self, mode: bool = True):  # frozen: never leaves eval mode
         return super().train(False)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether frames go through ``torch.compile``'s wrapper of the encoder."""
+        return self._compiled is not None
 
     @torch.no_grad()
     def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
@@ -102,8 +107,7 @@ def safe_torch_load(path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: refused or unreadable by the safe loader (weights_only=True): {first}") from None
+        raise CheckpointError(f"{path}: refused or unreadable by the safe loader (weights_only=True): {first_line(e)}") from None
 
 
 def _strip_last_linear(model: nn.Module) -> int:
@@ -206,7 +210,7 @@ def build_teacher(cfg, class_names: list[str] | None = None) -> Teacher:
             dim = _probe_dim(encoder, size)
         except Exception as e:
             raise ConfigError("teachers.input_size", f"teacher {cfg.name!r} does not run at {size}x{size} "
-                                                     f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+                                                     f"({type(e).__name__}: {first_line(e)})") from None
     return Teacher(cfg.name, encoder, size, mean, std, dim, cfg.precision, cfg.compile)
 
 

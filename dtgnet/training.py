@@ -30,11 +30,11 @@ from torch.utils.data import DataLoader, Sampler
 from .checkpoint import (config_hash, load_checkpoint, load_newest_readable, rng_state, save_rotating,
                          set_rng_state)
 from .config import Config, labelled_per_batch, save_config, to_dict
-from .data.dataset import VideoDataset, stratified_subset
+from .data.dataset import VideoDataset, finish_views, stratified_subset
 from .data.prepare import reader_for
 from .data.video import get_reader
 from .data.lists import VideoList, load_split
-from .errors import CheckpointError, DataError, DtgError, Preempted, TooManyBadItems
+from .errors import CheckpointError, DataError, DtgError, Preempted, TooManyBadItems, first_line
 from .losses import dtg_loss
 from .runlog import Logger, RunDir
 from .storage import DiskFullError
@@ -403,7 +403,7 @@ class Trainer:
             self.model.backbone.load_state_dict(backbone)
         except RuntimeError as e:
             raise CheckpointError(f"{path}: backbone does not match student.arch={self.cfg.student.arch} "
-                                  f"({str(e).splitlines()[0]})") from None
+                                  f"({first_line(e)})") from None
 
     def _meta(self) -> dict:
         return {"config": to_dict(self.cfg), "mode": self.mode, "teacher_heads": {t.name: t.embed_dim for t in self.teachers},
@@ -528,8 +528,7 @@ class Trainer:
 
     def to_batch(self, raw: dict) -> Batch:
         nb = self.device.type == "cuda"
-        a = raw["a"].to(self.device, non_blocking=nb)
-        b = raw["b"].to(self.device, non_blocking=nb) if "b" in raw else None
+        a, b = finish_views(raw, self.device, nb)
         return Batch(a, b, raw["label"].to(self.device, non_blocking=nb), raw["index"], raw["frames_a"],
                      raw.get("frames_b"))
 

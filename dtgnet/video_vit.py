@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 
 VIT_SIZES = {"vit_t": (192, 12, 3), "vit_s": (384, 12, 6), "vit_b": (768, 12, 12)}  # width, depth, heads
 """ViT-Ti/S/B (DeiT, ViT): the names timm uses for vit_tiny/small/base_patch16_224."""
@@ -142,7 +142,7 @@ class VideoViT(nn.Module):
         try:
             self.load_state_dict(new, strict=False)
         except RuntimeError as e:
-            raise CheckpointError(f"{source}: shapes do not match this ViT ({str(e).splitlines()[0]})") from None
+            raise CheckpointError(f"{source}: shapes do not match this ViT ({first_line(e)})") from None
 
 
 def _init_weights(m: nn.Module) -> None:
@@ -165,4 +165,4 @@ def image_vit_state(source: str) -> dict:
     try:
         return timm.create_model(source, pretrained=True).state_dict()
     except Exception as e:
-        raise CheckpointError(f"timm {source}: cannot load its weights ({str(e).strip().splitlines()[0]})") from None
+        raise CheckpointError(f"timm {source}: cannot load its weights ({first_line(e)})") from None

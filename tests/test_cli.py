@@ -40,7 +40,7 @@ def test_bench_quick_writes_every_key(tmp_path, capsys):
     assert main(["bench", "--quick", "--json", str(tmp_path / "b.json")]) == 0
     r = json.loads((tmp_path / "b.json").read_text())
     for key in ("student_step_s", "dtg_online_step_s", "dtg_cached_step_s", "loader_naive_clips_per_s",
-                "loader_fast_clips_per_s", "loader_hd_clips_per_s", "loader_hd_full_size_decode_clips_per_s",
+                "loader_fast_clips_per_s", "colour_ms_per_batch", "loader_hd_clips_per_s", "loader_hd_full_size_decode_clips_per_s",
                 "device", "config"):
         assert key in r
     assert r["dtg_online_step_s"] > 0 and r["loader_fast_clips_per_s"] > 0 and r["loader_hd_clips_per_s"] > 0

@@ -286,7 +286,7 @@ def test_compiled_teacher_traces_and_keeps_its_state_dict(hub, monkeypatch):
                         input_size=32)
     plain = build_teacher(cfg)
     compiled = build_teacher(TeacherConfig(**{**cfg.__dict__, "compile": True}))
-    assert compiled._compiled is not None and compiled.state_dict().keys() == plain.state_dict().keys()
+    assert compiled.compiled and not plain.compiled and compiled.state_dict().keys() == plain.state_dict().keys()
     frames = torch.rand(2, 3, 32, 32)
     torch.testing.assert_close(compiled.embed_frames(frames), plain.embed_frames(frames))
 

@@ -141,7 +141,7 @@ def test_cli_modes(tiny_synth, tmp_path, capsys):
 
 
 def test_teacher_cache_matches_online_teacher_on_clean_frames(tiny_synth, tmp_path):
-    from dtgnet.data.transforms import eval_transform, to_tensor
+    from dtgnet.data.transforms import eval_view, to_tensor
     from dtgnet.teacher_cache import build_caches
 
     cfg = tiny_cfg(tiny_synth, tmp_path / "c", **{"run.teacher_cache": True})
@@ -151,7 +151,7 @@ def test_teacher_cache_matches_online_teacher_on_clean_frames(tiny_synth, tmp_pa
         ds = tr.dataset
         path = ds.videos.full_path(ds.entries[3])
         frames = torch.tensor([[1, 5]])
-        clean = eval_transform(32)(to_tensor(ds.reader.read(path, [1, 5])))[None]  # (1, 2, 3, 32, 32)
+        clean = eval_view(to_tensor(ds.reader.read(path, [1, 5])), 32)[None]  # (1, 2, 3, 32, 32)
         online = tr.teachers[0](clean)
         torch.testing.assert_close(cache.lookup(torch.tensor([3]), frames), online, atol=2e-2, rtol=2e-2)
         out = tr.train_step(tr.to_batch(next(iter(tr.loader(0)))))

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from ..errors import DataError, TooManyBadItems, VideoDecodeError
 from .lists import VideoList
 from .sampling import sequence_indices
-from .transforms import eval_transform, to_tensor, train_transform
+from .transforms import apply_colour, eval_view, random_colour, random_geometry, to_tensor
 from .video import get_reader
 
 MAX_REPLACEMENTS = 10
@@ -24,8 +24,11 @@ MAX_REPLACEMENTS = 10
 class VideoDataset(Dataset):
     """``mode``: 'pair' (two random views: a, b), 'single' (one random view), 'eval' (``clips`` fixed clips).
 
-    Items are dicts: ``a``/``b`` or ``clips`` float tensors in [0, 1] shaped ``(T, 3, S, S)`` /
-    ``(clips, T, 3, S, S)``, ``frames_a``/``frames_b`` (the ``(T,)`` frame indices of each view), ``label``,
+    Items are dicts: ``a``/``b``, uint8 ``(T, 3, S, S)`` views already cropped (and flipped), with
+    ``colour_a``/``colour_b``, their ``(5,)`` colour draws, which :func:`finish_views` applies to a whole batch on
+    the training device (so workers, shared memory and the host-to-device copy move uint8, a quarter of the
+    bytes); or ``clips``, float ``(clips, T, 3, S, S)`` in [0, 1]. Then ``frames_a``/``frames_b`` (the ``(T,)``
+    frame indices of each view), ``label``,
     ``index`` (of the video actually used) and ``bad`` ('' or 'path<TAB>reason' lines for the videos that
     failed before it).
     """
@@ -45,8 +48,7 @@ class VideoDataset(Dataset):
         self.reader = reader if reader is not None else get_reader(backend)
         # the smallest random crop keeps 0.59 of the side: at twice the output size no crop is ever upsampled
         self.decode_short_side = 2 * size
-        self.train_tf = train_transform(size, flip=flip, strong=strong_aug)
-        self.eval_tf = eval_transform(size)
+        self.flip, self.strong_aug = flip, strong_aug
         self._num_frames: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -68,19 +70,17 @@ class VideoDataset(Dataset):
             idx = [sequence_indices(n, self.frames, self.stride, self.temporal, None, c, self.clips)
                    for c in range(self.clips)]
             frames = to_tensor(self.reader.read(path, np.concatenate(idx), self.decode_short_side))  # (clips*T, 3, H, W)
-            clips = self.eval_tf(frames).unflatten(0, (self.clips, self.frames))
+            clips = eval_view(frames, self.size).unflatten(0, (self.clips, self.frames))
             return {"clips": clips, "label": entry.label, "index": index}
         views = 2 if self.mode == "pair" else 1
         idx = [sequence_indices(n, self.frames, self.stride, self.temporal, rng) for _ in range(views)]
         frames = to_tensor(self.reader.read(path, np.concatenate(idx), self.decode_short_side))  # (views*T, 3, H, W)
-        # torch's global RNG drives the v2 transforms: seed it per item (reproducible in any worker) inside
-        # fork_rng so the training process's own RNG stream is left untouched
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(rng.integers(0, 2**62)))
-            seqs = [self.train_tf(frames[v * self.frames:(v + 1) * self.frames]) for v in range(views)]
-        item = {"a": seqs[0], "label": entry.label, "index": index, "frames_a": torch.from_numpy(idx[0])}
-        if views == 2:
-            item["b"], item["frames_b"] = seqs[1], torch.from_numpy(idx[1])
+        item = {"label": entry.label, "index": index}
+        for v, name in enumerate(("a", "b")[:views]):
+            # uint8 views and their colour draws: finish_views applies the colour to whole batches on the device
+            item[name] = random_geometry(frames[v * self.frames:(v + 1) * self.frames], self.size, rng, self.flip)
+            item[f"colour_{name}"] = random_colour(rng, self.strong_aug)
+            item[f"frames_{name}"] = torch.from_numpy(idx[v])
         return item
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
@@ -100,6 +100,17 @@ class VideoDataset(Dataset):
                 # a replacement drawn from the item's own seed keeps runs reproducible
                 current = int(np.random.default_rng([self.seed, epoch, index, attempt, 7]).integers(len(self)))
         raise TooManyBadItems(f"{MAX_REPLACEMENTS + 1} videos in a row failed to load; last: {bad[-1]}")
+
+
+def finish_views(raw: dict, device: torch.device, non_blocking: bool = False) -> tuple:
+    """A training batch's views on ``device``, coloured: ``(a, b or None)`` float ``(B, T, 3, S, S)``."""
+    views = []
+    for name in ("a", "b"):
+        if name in raw:
+            views.append(apply_colour(raw[name].to(device, non_blocking=non_blocking), raw[f"colour_{name}"]))
+        else:
+            views.append(None)
+    return tuple(views)
 
 
 def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:

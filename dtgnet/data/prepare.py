@@ -94,8 +94,11 @@ class PreparedReader:
         if rel not in self.entries:
             raise VideoDecodeError(path, f"not in the prepared dataset {self.dir}")
         row, kept, size, mtime, *subsampled = self.entries[rel]
-        p = Path(path)
-        if p.exists() and (p.stat().st_size, p.stat().st_mtime_ns) != (size, mtime):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:  # the frames are here: a source moved away does not stop training
+            st = None
+        if st is not None and (st.st_size, st.st_mtime_ns) != (size, mtime):
             raise DataError(f"{path}: changed since `dtgnet data prepare` wrote {self.dir}; prepare again")
         stride, source = subsampled or (1, kept)
         return row, kept, stride, source

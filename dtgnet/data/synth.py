@@ -244,30 +244,44 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 12) -> None:
             container.mux(packet)
 
 
-def write_pattern_video(path: Path, seconds: float, width: int, height: int, fps: int = 25) -> Path:
-    """An H.264 mp4 of ``seconds`` at ``width`` x ``height`` (a colour gradient with a sliding block) for
-    benchmarks and tests at real sizes: encoded frame by frame (never held whole) with x264's fastest preset."""
+def write_h264(path: Path, frames, width: int, height: int, fps: int = 25, options: dict | None = None) -> int:
+    """Encode an iterable of uint8 ``(H, W, 3)`` frames to an H.264 mp4 one frame at a time (never held whole);
+    returns the frame count. ``options``: x264's, default its fastest preset."""
     import av
 
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    base = np.zeros((height, width, 3), np.uint8)
-    base[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None]
-    base[..., 1] = np.linspace(0, 255, height, dtype=np.uint8)[:, None]
-    block = height // 8
+    n = 0
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "crf": "30", "g": str(2 * fps)}
-        for i in range(round(seconds * fps)):
-            img = base.copy()
-            x = (i * 7) % (width - block)
-            img[height // 2 - block // 2:height // 2 + block // 2, x:x + block] = 255
+        stream.options = options or {"preset": "ultrafast", "crf": "30", "g": str(2 * fps)}
+        for n, img in enumerate(frames, 1):
             frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            frame.pts = i
+            frame.pts = n - 1
             for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return n
+
+
+def write_pattern_video(path: Path, seconds: float, width: int, height: int, fps: int = 25) -> Path:
+    """An H.264 mp4 of ``seconds`` at ``width`` x ``height`` (a colour gradient with a sliding block) for
+    benchmarks and tests at real sizes."""
+    base = np.zeros((height, width, 3), np.uint8)
+    base[..., 0] = np.linspace(0, 255, width, dtype=np.uint8)[None]
+    base[..., 1] = np.linspace(0, 255, height, dtype=np.uint8)[:, None]
+    block = height // 8
+
+    def frames():
+        for i in range(round(seconds * fps)):
+            img = base.copy()
+            x = (i * 7) % (width - block)
+            img[height // 2 - block // 2:height // 2 + block // 2, x:x + block] = 255
+            yield img
+
+    write_h264(path, frames(), width, height, fps)
     return path
 
 

@@ -1,29 +1,111 @@
-"""Per-sequence augmentation, consistent across the frames of a sequence (torchvision.transforms.v2).
+"""Augmentation, consistent across the frames of a sequence; the two views of a video are drawn apart.
 
-v2 transforms draw their random parameters once per call and apply them to every leading-dimension slice of
-a ``(T, C, H, W)`` tensor, so one call augments a whole sequence consistently; the two views of a video are
-two separate calls and differ.
+Every random choice comes from the item's own numpy generator (so a sample is the same in any worker and
+after a resume, and torch's RNG is never touched). Geometry (random resized crop, flip) is applied per item
+by torchvision's functional ops on uint8 frames, since crops differ in size. Colour (jitter, grayscale) is
+drawn per sequence as five numbers and applied to a whole batch of sequences at once, vectorised: per item,
+a torchvision pipeline spent most of a prepared-data loader's time on these small tensors.
+
+Colour semantics are torchvision's ``ColorJitter(0.4, 0.4, 0.3, 0.1)`` (applied with p = 0.8) then
+``RandomGrayscale(p=0.2)``, on float frames, with the jitter ops in a fixed order (brightness, contrast,
+saturation, hue) rather than a random one.
 """
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
-from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+CROP_SCALE, CROP_RATIO = (0.35, 1.0), (3 / 4, 4 / 3)
+JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.3, hue=0.1)
+JITTER_P, GRAY_P = 0.8, 0.2
+IDENTITY = (1.0, 1.0, 1.0, 0.0, 0.0)
+"""Colour parameters that change nothing: brightness, contrast, saturation factors, hue shift, grayscale."""
 
 
-def train_transform(size: int, flip: bool = True, strong: bool = True) -> v2.Compose:
-    ops: list = [v2.RandomResizedCrop(size, scale=(0.35, 1.0), antialias=True)]
-    if flip:
-        ops.append(v2.RandomHorizontalFlip())
-    if strong:
-        ops += [v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.3, 0.1)], p=0.8), v2.RandomGrayscale(p=0.2)]
-    ops.append(v2.ToDtype(torch.float32, scale=True))
-    return v2.Compose(ops)
+def crop_box(rng: np.random.Generator, height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, left, h, w) of a random resized crop: torchvision's RandomResizedCrop sampling (area in
+    ``CROP_SCALE``, log-uniform aspect ratio in ``CROP_RATIO``, ten tries, then the central crop)."""
+    area = height * width
+    log_ratio = np.log(CROP_RATIO)
+    for _ in range(10):
+        target = area * rng.uniform(*CROP_SCALE)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    ratio = width / height
+    if ratio < CROP_RATIO[0]:
+        w, h = width, round(width / CROP_RATIO[0])
+    elif ratio > CROP_RATIO[1]:
+        h, w = height, round(height * CROP_RATIO[1])
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
-def eval_transform(size: int) -> v2.Compose:
-    return v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True)])
+def random_geometry(frames: torch.Tensor, size: int, rng: np.random.Generator, flip: bool) -> torch.Tensor:
+    """uint8 ``(T, 3, H, W)`` -> uint8 ``(T, 3, size, size)``: one crop (and flip) for every frame."""
+    top, left, h, w = crop_box(rng, *frames.shape[-2:])
+    out = F.resized_crop(frames, top, left, h, w, [size, size], antialias=True)
+    return out.flip(-1) if flip and rng.random() < 0.5 else out
+
+
+def random_colour(rng: np.random.Generator, strong: bool) -> torch.Tensor:
+    """One sequence's colour parameters, ``(5,)``: see :data:`IDENTITY`."""
+    if not strong:
+        return torch.tensor(IDENTITY)
+    b, c, s, h = IDENTITY[:4]
+    if rng.random() < JITTER_P:
+        b = rng.uniform(1 - JITTER["brightness"], 1 + JITTER["brightness"])
+        c = rng.uniform(1 - JITTER["contrast"], 1 + JITTER["contrast"])
+        s = rng.uniform(1 - JITTER["saturation"], 1 + JITTER["saturation"])
+        h = rng.uniform(-JITTER["hue"], JITTER["hue"])
+    return torch.tensor([b, c, s, h, float(rng.random() < GRAY_P)])
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """ITU-R 601 luma, as torchvision: ``(..., 3, H, W)`` -> ``(..., 1, H, W)``."""
+    r, g, b = x.unbind(-3)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
+
+
+def shift_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Rotate hue in HSV by ``shift`` turns. ``x``: float ``(..., 3, H, W)`` in [0, 1]; ``shift``
+    broadcastable to ``(..., 1, H, W)``. RGB -> (hue sextant, max, max - min) and back with
+    ``c_n = max - (max - min) * clamp(min(k, 4 - k), 0, 1)``, ``k = (n + hue) mod 6``, n = 5, 3, 1."""
+    r, g, b = x.unbind(-3)
+    hi, lo = x.amax(-3), x.amin(-3)  # (..., H, W)
+    span = hi - lo
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    hue = torch.where(hi == r, (g - b) / safe, torch.where(hi == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    hue = (hue + 6 * shift.squeeze(-3)).remainder(6)  # (..., H, W), in sextants
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(3, 1, 1)
+    k = (n + hue.unsqueeze(-3)).remainder(6)  # (..., 3, H, W)
+    return hi.unsqueeze(-3) - span.unsqueeze(-3) * torch.minimum(k, 4 - k).clamp(0, 1)
+
+
+def apply_colour(frames: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+    """uint8 ``(N, T, 3, S, S)`` sequences and their ``(N, 5)`` colour parameters -> float in [0, 1].
+    Each sequence gets its own factors; contrast uses each frame's mean luma, as torchvision does."""
+    x = frames.float().div_(255)
+    b, c, s, h, gray = (p.view(-1, 1, 1, 1, 1) for p in params.to(x.device).unbind(1))  # each (N, 1, 1, 1, 1)
+    x = (x * b).clamp_(0, 1)
+    x = (c * x + (1 - c) * _gray(x).mean((-3, -2, -1), keepdim=True)).clamp_(0, 1)
+    x = (s * x + (1 - s) * _gray(x)).clamp_(0, 1)
+    x = shift_hue(x, h)
+    return torch.where(gray > 0, _gray(x).expand_as(x), x)
+
+
+def eval_view(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 ``(T, 3, H, W)`` -> float ``(T, 3, size, size)``: short side to ``size``, central crop."""
+    out = F.center_crop(F.resize(frames, size, antialias=True), [size, size])
+    return F.to_dtype(out, torch.float32, scale=True)
 
 
 def to_tensor(frames) -> torch.Tensor:
-    """uint8 ``(T, H, W, 3)`` numpy -> uint8 ``(T, 3, H, W)`` tensor."""
-    return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+    """uint8 ``(T, H, W, 3)`` numpy -> uint8 ``(T, 3, H, W)`` tensor, a channels-last view without a copy
+    (torchvision's uint8 resize is fastest on that layout)."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)

@@ -1,11 +1,12 @@
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import default_collate
 
-from dtgnet.data.dataset import VideoDataset, stratified_subset
+from dtgnet.data.dataset import VideoDataset, finish_views, stratified_subset
+from dtgnet.data.transforms import apply_colour
 from dtgnet.data.lists import parse_list, read_classes
 from dtgnet.data.sampling import clip_indices, tsn_indices
-from dtgnet.data.transforms import train_transform
 from dtgnet.errors import TooManyBadItems
 
 
@@ -27,24 +28,15 @@ def test_clip_indices_stride_and_eval_clips():
     assert clip_indices(5, 8, 2, rng).tolist() == [0, 2, 4, 4, 4, 4, 4, 4]
 
 
-def test_augmentation_is_consistent_within_a_sequence():
-    frame = torch.randint(0, 255, (3, 40, 40), dtype=torch.uint8)
-    seq = frame.expand(6, -1, -1, -1).clone()  # 6 identical frames
-    tf = train_transform(24, flip=True, strong=True)
-    torch.manual_seed(0)
-    views = [tf(seq) for _ in range(4)]
-    for v in views:
-        assert v.shape == (6, 3, 24, 24)
-        assert torch.equal(v, v[:1].expand_as(v))  # same crop, flip and colour on every frame
-    assert any(not torch.equal(views[0], v) for v in views[1:])  # but views differ
-
-
 def test_pair_dataset_items(video_dir, tmp_path):
     videos = parse_list(tmp_path / "good.txt", video_dir, read_classes(tmp_path / "classes.txt"))
     ds = VideoDataset(videos, "pair", frames=3, size=16, seed=1)
     item = ds[0]
     assert item["a"].shape == item["b"].shape == (3, 3, 16, 16)
-    assert item["a"].dtype == torch.float32 and 0 <= item["a"].min() and item["a"].max() <= 1
+    assert item["a"].dtype == torch.uint8 and item["colour_a"].shape == (5,)
+    a, b = finish_views(default_collate([item]), torch.device("cpu"))
+    assert a.shape == (1, 3, 3, 16, 16) and a.dtype == torch.float32 and 0 <= a.min() and a.max() <= 1
+    assert torch.equal(a[0], apply_colour(item["a"][None], item["colour_a"][None])[0])
     assert item["bad"] == "" and item["label"] == 0
     again = VideoDataset(videos, "pair", frames=3, size=16, seed=1)[0]
     assert torch.equal(item["a"], again["a"])  # reproducible from the seed
