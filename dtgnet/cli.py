@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "fine-tune on 10%% of the labels, evaluate, write results.json and a report.")
     demo.add_argument("--out", default="demo_out", help="output directory")
     demo.add_argument("--quick", action="store_true", help="small and fast (about 3 minutes on 2 CPU cores)")
+    demo.add_argument("--smoke", action="store_true",
+                      help="every stage and the report at three steps per run (a pipeline check; numbers mean nothing)")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
     demo.add_argument("--force", action="store_true", help="overwrite an existing output directory")
 
@@ -369,7 +371,7 @@ def _cmd_study(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    results = run_demo(args.out, quick=args.quick, seed=args.seed, force=args.force)
+    results = run_demo(args.out, quick=args.quick, seed=args.seed, force=args.force, smoke=args.smoke)
     print(f"demo done in {results['seconds']:.0f} s -> {args.out}/results.json, report.md, report.html")
     return 0
 

@@ -8,13 +8,14 @@ results.json and report.md / report.html.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 import torch
 
-from .data.synth import generate
+from .data.synth import SynthPreset, generate
 from .evaluation import eval_dataset, evaluate_model, extract, frozen_feature_scores
 from .recipes import Sizes, base_config, finetune_config, fresh_out_dir, pretrain_config, synth_teachers
 from .students import load_student
@@ -27,14 +28,19 @@ PLANS = {
                    single_frame_epochs=6, teacher_input=96),
     "full": Sizes("default", frames=4, size=48, batch_size=24, pretrain_epochs=10, finetune_epochs=40,
                   single_frame_epochs=8, teacher_input=96),
+    # CI size: every stage and the report, three steps per run (the numbers mean nothing)
+    "smoke": Sizes(SynthPreset(pairs=2, train_per_class=8, val_per_class=2, test_per_class=2, stills_per_class=8,
+                               frames=12, size=48), frames=4, size=32, batch_size=16, pretrain_epochs=1, finetune_epochs=1,
+                   single_frame_epochs=1, teacher_input=64, label_fraction=0.5, max_steps=3),
 }
 
 
-def run_demo(out, quick: bool = False, seed: int = 0, force: bool = False, progress: bool = True) -> dict:
+def run_demo(out, quick: bool = False, seed: int = 0, force: bool = False, progress: bool = True,
+             smoke: bool = False) -> dict:
     from .reports import write_report
 
     out = fresh_out_dir(out, force)
-    plan = PLANS["quick" if quick else "full"]
+    plan = PLANS["smoke" if smoke else "quick" if quick else "full"]
     t0 = time.time()
     timings: dict[str, float] = {}
 
@@ -93,7 +99,7 @@ def run_demo(out, quick: bool = False, seed: int = 0, force: bool = False, progr
         "teacher_weights": metrics["dtg"]["teacher_weights"],
         "data": {"preset": synth["preset"], "classes": synth["classes"], "videos": synth["videos"],
                  "stills": synth["stills"]},
-        "plan": plan.__dict__, "timings_s": timings, "seconds": round(time.time() - t0, 1),
+        "plan": dataclasses.asdict(plan), "timings_s": timings, "seconds": round(time.time() - t0, 1),
         "machine": {"threads": torch.get_num_threads(), "device": str(device)},
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2))

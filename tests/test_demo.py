@@ -1,12 +1,13 @@
-"""The quick demo end to end, as `make demo` runs the full one (about 3 minutes on 2 CPU cores)."""
+"""The demo end to end at smoke size (`--smoke`: every stage and the report, three steps per run), as
+`make demo` runs the full one."""
 import json
 import subprocess
 import sys
 
 
-def test_quick_demo(tmp_path):
+def test_smoke_demo_writes_results_plots_and_report(tmp_path):
     out = tmp_path / "demo"
-    run = subprocess.run([sys.executable, "-m", "dtgnet", "demo", "--quick", "--out", str(out)],
+    run = subprocess.run([sys.executable, "-m", "dtgnet", "demo", "--smoke", "--out", str(out)],
                          capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
