@@ -176,6 +176,14 @@ class LossConfig:
     queue_size: int = 0
     """Past teacher embeddings kept per teacher as extra InfoNCE negatives (teachers are frozen, so the
     queue does not drift); 0 disables it."""
+    regression_weight: float = 0.0
+    """Weight of feature regression inside each teacher term: 1 - cos between the student's head-k embedding of
+    a sequence and teacher k's embedding of the same sequence (as UMT / MVD distil CLIP); 0 disables it."""
+    relational_weight: float = 0.0
+    """Weight of relational distillation inside each teacher term: KL from the teacher's to the student's
+    softmax over each video's similarities to the batch's other videos; 0 disables it."""
+    relational_tau: float = 0.1
+    """Temperature of the relational term's similarity softmax."""
 
 
 @dataclass
@@ -479,6 +487,9 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     _in_range("loss.adaptive_temperature", lo.adaptive_temperature, 0.0, 100.0, low_open=True)
     _at_least("loss.joint_lambda", lo.joint_lambda, 0.0)
     _at_least("loss.queue_size", lo.queue_size, 0)
+    _at_least("loss.regression_weight", lo.regression_weight, 0.0)
+    _at_least("loss.relational_weight", lo.relational_weight, 0.0)
+    _in_range("loss.relational_tau", lo.relational_tau, 0.0, 10.0, low_open=True)
     _at_least("optim.epochs", o.epochs, 1)
     _at_least("optim.batch_size", o.batch_size, 2)
     _in_range("optim.lr", o.lr, 0.0, 10.0, low_open=True)

@@ -55,6 +55,41 @@ def margin_contrastive(query: Tensor, keys: Tensor, margin: float) -> Tensor:
     return positive + negative
 
 
+def cosine_regression(query: Tensor, target: Tensor) -> Tensor:
+    """Feature regression to a teacher's embedding, as UMT and MVD distil CLIP into video students.
+
+    ``L = mean_i (1 - cos(q_i, k_i))``.
+
+    Args:
+        query: ``(B, D)`` student embeddings.
+        target: ``(B, D)`` teacher embeddings of the same sequences (no gradient expected).
+    Returns:
+        Scalar in [0, 2].
+    """
+    return (1 - F.cosine_similarity(query, target, dim=1)).mean()
+
+
+def relational(student: Tensor, teacher: Tensor, tau: float) -> Tensor:
+    """Relational (similarity-structure) distillation: each video's distribution over the batch's other videos,
+    the student's towards the teacher's.
+
+    ``p_i^x(j) = softmax_{j != i}(x_i · x_j / tau)`` for unit ``x``;  ``L = mean_i KL(p_i^t || p_i^s)``.
+
+    Args:
+        student: ``(B, D)`` student embeddings; B >= 2.
+        teacher: ``(B, D_t)`` teacher embeddings of the same sequences (any width: only similarities are compared).
+        tau: temperature > 0 of both distributions.
+    Returns:
+        Scalar >= 0.
+    """
+    s, t = F.normalize(student, dim=1), F.normalize(teacher, dim=1)
+    off = ~torch.eye(s.shape[0], dtype=torch.bool, device=s.device)
+    b = s.shape[0]
+    log_ps = F.log_softmax((s @ s.T / tau)[off].view(b, b - 1), dim=1)  # (B, B-1): the diagonal left out
+    log_pt = F.log_softmax((t @ t.T / tau)[off].view(b, b - 1), dim=1)  # (B, B-1)
+    return F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
+
+
 def pair_term(u_a: Tensor, u_b: Tensor, t_a: Tensor, t_b: Tensor, form: str, tau: float, margin: float,
               queue: Tensor | None = None) -> Tensor:
     """Symmetric cross-view term ``1/2 [ l(u_a, t_b) + l(u_b, t_a) ]`` for one teacher (or the self term,
@@ -79,12 +114,15 @@ class DTGLoss:
 def dtg_loss(self_a: Tensor | None, self_b: Tensor | None, student_a: list[Tensor], student_b: list[Tensor],
              teacher_a: list[Tensor], teacher_b: list[Tensor], weights: Tensor, self_weight: float,
              form: str = "infonce", tau: float = 0.1, margin: float = 1.0,
-             queues: list[Tensor | None] | None = None) -> DTGLoss:
+             queues: list[Tensor | None] | None = None, regression: float = 0.0, relation: float = 0.0,
+             relation_tau: float = 0.1) -> DTGLoss:
     """Total DTG loss ``L = w_0 L_0 + sum_k w_k L_k``.
 
     ``L_0`` = :func:`pair_term` between the self-head embeddings of the two views (plain two-view SSL);
     ``L_k`` = :func:`pair_term` between the student's head-k embeddings ``u_k`` and teacher k's embeddings
-    ``t_k``, cross-view (u_k^a with t_k^b and u_k^b with t_k^a).
+    ``t_k``, cross-view (u_k^a with t_k^b and u_k^b with t_k^a), plus, when their weights are > 0,
+    ``regression * 1/2 [R(u_k^a, t_k^a) + R(u_k^b, t_k^b)]`` (:func:`cosine_regression`) and
+    ``relation * 1/2 [S(u_k^a, t_k^a) + S(u_k^b, t_k^b)]`` (:func:`relational`).
 
     Args:
         self_a, self_b: ``(B, D0)`` self-head embeddings of views a and b, or None.
@@ -93,6 +131,8 @@ def dtg_loss(self_a: Tensor | None, self_b: Tensor | None, student_a: list[Tenso
         weights: ``(K,)`` teacher weights w_k (may carry gradient, e.g. learned weighting).
         self_weight: w_0.
         queues: K optional ``(Q, D)`` banks of past teacher embeddings used as extra negatives (InfoNCE).
+        regression, relation: weights of the feature-regression and relational terms inside each L_k.
+        relation_tau: temperature of the relational term.
     """
     k = len(student_a)
     if not (len(student_b) == len(teacher_a) == len(teacher_b) == k) or weights.shape != (k,):
@@ -106,6 +146,13 @@ def dtg_loss(self_a: Tensor | None, self_b: Tensor | None, student_a: list[Tenso
         self_term = pair_term(self_a, self_b, self_a, self_b, form, tau, margin)
     terms = [pair_term(student_a[i], student_b[i], teacher_a[i], teacher_b[i], form, tau, margin, queues[i])
              for i in range(k)]
+    for i in range(k):  # same-view distillation terms, each sequence against its own teacher embedding
+        if regression:
+            terms[i] = terms[i] + regression * 0.5 * (cosine_regression(student_a[i], teacher_a[i])
+                                                      + cosine_regression(student_b[i], teacher_b[i]))
+        if relation:
+            terms[i] = terms[i] + relation * 0.5 * (relational(student_a[i], teacher_a[i], relation_tau)
+                                                    + relational(student_b[i], teacher_b[i], relation_tau))
     total = self_weight * self_term
     if k:
         total = total + (weights * torch.stack(terms)).sum()

@@ -61,9 +61,19 @@ class TeacherCache:
         return torch.stack(rows)  # (B, D)
 
 
+def batch_shapes(n: int, full: int) -> list[int]:
+    """Split ``n`` frames into batches of ``full`` and, for the rest, powers of two: a few fixed shapes, so the
+    teachers' kernels (oneDNN primitives, cuDNN plans, compiled graphs) are built once, not per odd batch."""
+    sizes = [full] * (n // full)
+    rest = n % full
+    sizes += [1 << b for b in range(rest.bit_length() - 1, -1, -1) if rest >> b & 1]
+    return sizes
+
+
 class _Embedder:
     """Gathers decoded chunks from any videos until a teacher batch is full, then runs every teacher on it
-    and hands each chunk's embeddings to ``write(teacher number, first row, (k, D) float16)``."""
+    (in batches of :func:`batch_shapes`) and hands each chunk's embeddings to ``write(teacher number, first
+    row, (k, D) float16)``."""
 
     def __init__(self, teachers: list[Teacher], device, write: Callable[[int, int, np.ndarray], None],
                  batch_frames: int = BATCH_FRAMES):
@@ -84,8 +94,12 @@ class _Embedder:
         for k, teacher in enumerate(self.teachers):
             s = self.sizes.index(teacher.input_size)
             frames = torch.from_numpy(np.concatenate([c[s] for _, c in self.pending]))  # (N, S, S, 3) uint8
-            x = frames.to(self.device).permute(0, 3, 1, 2).float().div_(255)  # (N, 3, S, S) in [0, 1]
-            emb = teacher.embed_frames(x).half().cpu().numpy()  # (N, D)
+            parts, start = [], 0
+            for n in batch_shapes(len(frames), self.batch_frames):
+                x = frames[start:start + n].to(self.device).permute(0, 3, 1, 2).float().div_(255)  # (n, 3, S, S)
+                parts.append(teacher.embed_frames(x).half().cpu().numpy())  # (n, D)
+                start += n
+            emb = np.concatenate(parts)  # (N, D)
             for (row, _), start, n in zip(self.pending, np.cumsum([0] + lengths[:-1]), lengths):
                 self.write(k, row, emb[start:start + n])
         self.pending = []

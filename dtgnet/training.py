@@ -294,6 +294,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ set-up
     def _setup(self, init, resume):
+        """The run's parts, built in a fixed order (the RNG draws of each part depend on it)."""
         cfg = self.cfg
         seed_everything(cfg.run.seed)
         if not resume and self.dist.main:
@@ -301,25 +302,8 @@ class Trainer:
         self.videos: VideoList = load_split(cfg.data, "train")
         self.uses_labels = self.mode in ("finetune", "joint")
         self.uses_teachers = self.mode in ("pretrain", "joint")
-        entries = self.videos.good
-        self.labelled_count = 0  # > 0: semi-supervised joint, the dataset's first videos are the labelled ones
         self.list_bad = [(str(self.videos.full_path(e)), e.problem) for e in self.videos.entries if e.problem]
-        if self.uses_labels:
-            entries = [e for e in entries if e.label >= 0]
-            if not entries:
-                raise DataError(f"{self.videos.source}: no labelled entries for {self.mode}")
-            keep = stratified_subset(np.array([e.label for e in entries]), cfg.data.label_fraction, cfg.run.seed)
-            kept = [entries[i] for i in keep]
-            if self.mode == "joint" and cfg.data.joint_unlabelled:  # the rest train the DTG term only
-                kept_paths = {e.path for e in kept}
-                rest = [dataclasses.replace(e, label=-1) for e in self.videos.good if e.path not in kept_paths]
-                if not rest:
-                    raise DataError(f"{self.videos.source}: data.joint_unlabelled needs videos left without a "
-                                    f"label; data.label_fraction={cfg.data.label_fraction} labels them all")
-                self.labelled_count = len(kept)
-                entries = kept + rest
-            else:
-                entries = kept
+        entries = self._entries()
         self.num_classes = len(self.videos.classes)
         self.teachers: list[Teacher] = [build_teacher(t, self.videos.classes).to(self.device) for t in cfg.teachers] \
             if self.uses_teachers else []
@@ -327,20 +311,8 @@ class Trainer:
         self.model: DTGStudent = build_student(
             cfg, {t.name: t.embed_dim for t in self.teachers}, self.num_classes if self.uses_labels else 0,
             self_head=pair and cfg.loss.self_weight > 0).to(self.device)
-        self.dataset = VideoDataset(self.videos, "pair" if pair else "single", cfg.data.frames, cfg.data.size,
-                                    self.model.temporal, cfg.data.stride, reader=reader_for(cfg.data),
-                                    seed=cfg.run.seed, flip=cfg.data.flip, strong_aug=cfg.data.strong_aug,
-                                    entries=entries)
-        if len(self.dataset) < cfg.optim.batch_size:
-            raise DataError(f"{self.videos.source}: {len(self.dataset)} usable videos, fewer than "
-                            f"optim.batch_size={cfg.optim.batch_size}")
-        self.caches = None
-        if self.teachers and cfg.run.teacher_cache_dir:
-            self.caches = [load_cache(t, tc, self.dataset, cfg.run.teacher_cache_dir)
-                           for t, tc in zip(self.teachers, cfg.teachers)]
-        elif self.teachers and cfg.run.teacher_cache:
-            self.caches = build_caches(self.teachers, self.dataset, self.device, get_reader(cfg.data.reader),
-                                       workers=cfg.data.workers, progress=self.progress)
+        self.dataset = self._dataset(entries, pair)
+        self.caches = self._teacher_caches()
         self.weighting = build_weighting(cfg.loss, [t.weight for t in cfg.teachers] if self.teachers else []
                                          ).to(self.device)
         self.queues = [torch.zeros(0, t.embed_dim, device=self.device) for t in self.teachers]
@@ -350,37 +322,13 @@ class Trainer:
             self._load_init(init)
         else:
             initialise_backbone(self.model, cfg)
-        if self.labelled_count:
-            n_lab = self.labelled_count
-            self.sampler = LabelledShareSampler(
-                list(range(n_lab)), list(range(n_lab, len(self.dataset))),
-                labelled_per_batch(cfg.data, cfg.optim.batch_size), cfg.run.seed, cfg.optim.batch_size,
-                self.dist.rank, self.dist.world)
-        else:
-            self.sampler = ResumableSampler(len(self.dataset), cfg.run.seed, cfg.optim.batch_size, self.dist.rank,
-                                            self.dist.world)
+        self.sampler = self._sampler()
         self.local_batch = self.sampler.local_batch
         self.steps_per_epoch = self.sampler.steps_per_epoch
         total = cfg.optim.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.optim.max_steps) if cfg.optim.max_steps else total
-        backbone = list(self.model.backbone.parameters())
-        ids = {id(p) for p in backbone}
-        heads = [p for p in self.model.parameters() if id(p) not in ids] + list(self.weighting.parameters())
-        fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(
-            [{"params": backbone, "lr": cfg.optim.lr},
-             {"params": heads, "lr": cfg.optim.lr * cfg.optim.head_lr_scale}],
-            lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=fused)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: cosine_lr(s, self.total_steps, cfg.optim.warmup_steps))
-        self.step_module = StepModule(self.model, self.weighting, [t.name for t in self.teachers])
-        if self.dist.world > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            if self.device.type == "cuda":
-                self.step_module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.step_module)
-            self.step_module = DistributedDataParallel(
-                self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer, self.scheduler = self._optimizer()
+        self.step_module = self._distributed(StepModule(self.model, self.weighting, [t.name for t in self.teachers]))
         self.forward_model = torch.compile(self.step_module) if cfg.run.compile else self.step_module
         self.step, self.epoch, self.bad_items, self.items_seen = 0, 0, list(self.list_bad), 0
         self.window: dict = {"loss": []}
@@ -392,6 +340,85 @@ class Trainer:
         if resume:
             self._resume()
         self.logger = Logger(self.out, enabled=self.dist.main)
+
+    def _entries(self) -> list:
+        """The videos this mode trains on: all good ones, or the labelled fraction (semi-supervised joint: the
+        labelled ones first, then the rest without labels)."""
+        cfg = self.cfg
+        entries = self.videos.good
+        self.labelled_count = 0  # > 0: semi-supervised joint, the dataset's first videos are the labelled ones
+        if not self.uses_labels:
+            return entries
+        entries = [e for e in entries if e.label >= 0]
+        if not entries:
+            raise DataError(f"{self.videos.source}: no labelled entries for {self.mode}")
+        keep = stratified_subset(np.array([e.label for e in entries]), cfg.data.label_fraction, cfg.run.seed)
+        kept = [entries[i] for i in keep]
+        if not (self.mode == "joint" and cfg.data.joint_unlabelled):
+            return kept
+        kept_paths = {e.path for e in kept}  # the rest train the DTG term only
+        rest = [dataclasses.replace(e, label=-1) for e in self.videos.good if e.path not in kept_paths]
+        if not rest:
+            raise DataError(f"{self.videos.source}: data.joint_unlabelled needs videos left without a "
+                            f"label; data.label_fraction={cfg.data.label_fraction} labels them all")
+        self.labelled_count = len(kept)
+        return kept + rest
+
+    def _dataset(self, entries: list, pair: bool) -> VideoDataset:
+        cfg = self.cfg
+        dataset = VideoDataset(self.videos, "pair" if pair else "single", cfg.data.frames, cfg.data.size,
+                               self.model.temporal, cfg.data.stride, reader=reader_for(cfg.data),
+                               seed=cfg.run.seed, flip=cfg.data.flip, strong_aug=cfg.data.strong_aug, entries=entries)
+        if len(dataset) < cfg.optim.batch_size:
+            raise DataError(f"{self.videos.source}: {len(dataset)} usable videos, fewer than "
+                            f"optim.batch_size={cfg.optim.batch_size}")
+        return dataset
+
+    def _teacher_caches(self):
+        """Per-frame teacher embeddings: read from run.teacher_cache_dir, built in memory, or none (online)."""
+        cfg = self.cfg
+        if self.teachers and cfg.run.teacher_cache_dir:
+            return [load_cache(t, tc, self.dataset, cfg.run.teacher_cache_dir)
+                    for t, tc in zip(self.teachers, cfg.teachers)]
+        if self.teachers and cfg.run.teacher_cache:
+            return build_caches(self.teachers, self.dataset, self.device, get_reader(cfg.data.reader),
+                                workers=cfg.data.workers, progress=self.progress)
+        return None
+
+    def _sampler(self):
+        cfg = self.cfg
+        if self.labelled_count:
+            n_lab = self.labelled_count
+            return LabelledShareSampler(
+                list(range(n_lab)), list(range(n_lab, len(self.dataset))),
+                labelled_per_batch(cfg.data, cfg.optim.batch_size), cfg.run.seed, cfg.optim.batch_size,
+                self.dist.rank, self.dist.world)
+        return ResumableSampler(len(self.dataset), cfg.run.seed, cfg.optim.batch_size, self.dist.rank,
+                                self.dist.world)
+
+    def _optimizer(self):
+        """AdamW (backbone at optim.lr, heads and learned weights at head_lr_scale times it), warm-up + cosine."""
+        cfg = self.cfg
+        backbone = list(self.model.backbone.parameters())
+        ids = {id(p) for p in backbone}
+        heads = [p for p in self.model.parameters() if id(p) not in ids] + list(self.weighting.parameters())
+        optimizer = torch.optim.AdamW(
+            [{"params": backbone, "lr": cfg.optim.lr},
+             {"params": heads, "lr": cfg.optim.lr * cfg.optim.head_lr_scale}],
+            lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=self.device.type == "cuda")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: cosine_lr(s, self.total_steps, cfg.optim.warmup_steps))
+        return optimizer, scheduler
+
+    def _distributed(self, module: torch.nn.Module) -> torch.nn.Module:
+        """DDP over the ranks (synchronised batch norm on GPUs); the module itself in one process."""
+        if self.dist.world == 1:
+            return module
+        from torch.nn.parallel import DistributedDataParallel
+
+        if self.device.type == "cuda":
+            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return DistributedDataParallel(module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
     def _load_init(self, path):
         ckpt = load_checkpoint(path)
@@ -416,7 +443,8 @@ class Trainer:
                  "queues": self.queues, "step": self.step, "epoch": self.epoch, "rng": rng_state(),
                  "config_hash": config_hash(to_dict(self.cfg)), "meta": self._meta(),
                  "bad_items": self.bad_items, "items_seen": self.items_seen,
-                 "weight_history": self.weight_history, "best_loss": self.best_loss}
+                 "weight_history": self.weight_history, "best_loss": self.best_loss,
+                 "flops_per_step": self.flops_per_step}
         best = self.last_loss is not None and self.last_loss < self.best_loss
         if best:
             state["best_loss"] = self.best_loss = self.last_loss
@@ -445,6 +473,9 @@ class Trainer:
         self.step, self.epoch = ckpt["step"], ckpt["epoch"]
         self.bad_items, self.items_seen = ckpt["bad_items"], ckpt["items_seen"]
         self.weight_history, self.best_loss = ckpt["weight_history"], ckpt["best_loss"]
+        # counted by the first run: a resumed run must not run its first step under the FLOP counter, which
+        # the uninterrupted run did not do at that step (its dispatch can change the result's last bits)
+        self.flops_per_step = ckpt.get("flops_per_step")
         set_rng_state(ckpt["rng"])
 
     # ------------------------------------------------------------------------------------------ the step
@@ -481,7 +512,8 @@ class Trainer:
             res = dtg_loss(g(out["self_a"]) if "self_a" in out else None, g(out["self_b"]) if "self_b" in out else None,
                            [g(u) for u in out["heads_a"]], [g(u) for u in out["heads_b"]], t_a, t_b,
                            out["weights"], cfg.loss.self_weight, cfg.loss.form, cfg.loss.tau, cfg.loss.margin,
-                           self.queues if cfg.loss.queue_size else None)
+                           self.queues if cfg.loss.queue_size else None, cfg.loss.regression_weight,
+                           cfg.loss.relational_weight, cfg.loss.relational_tau)
             stats["dtg"], stats["self"] = res.total, res.self_term
             stats.update({f"teacher/{t.name}": term for t, term in zip(self.teachers, res.teacher_terms)})
             dtg = res.total + out["reg"]

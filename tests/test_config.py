@@ -31,6 +31,8 @@ def test_yaml_and_overrides(tmp_path):
     (["teachers.3.weight=1"], "teachers.3"),
     (["student.arch=vit"], "student.arch"),
     (["data.flip=maybe"], "data.flip"),
+    (["loss.regression_weight=-0.5"], "loss.regression_weight"),
+    (["loss.relational_tau=0"], "loss.relational_tau"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:

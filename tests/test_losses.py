@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from dtgnet.losses import dtg_loss, info_nce, margin_contrastive, pair_term
+from dtgnet.losses import cosine_regression, dtg_loss, info_nce, margin_contrastive, pair_term, relational
 
 
 def naive_info_nce(q, k, tau, extra=None):
@@ -72,3 +72,37 @@ def test_pair_term_rejects_unknown_form():
     x = torch.randn(3, 4)
     with pytest.raises(ValueError):
         pair_term(x, x, x, x, "cosine", 0.1, 1.0)
+
+
+def test_cosine_regression_matches_loop():
+    q, k = torch.randn(5, 8), torch.randn(5, 8)
+    want = sum(1 - float(q[i] @ k[i] / (q[i].norm() * k[i].norm())) for i in range(5)) / 5
+    assert float(cosine_regression(q, k)) == pytest.approx(want, abs=1e-6)
+    assert float(cosine_regression(q, 3 * q)) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("tau", [0.1, 1.0])
+def test_relational_matches_loop(tau):
+    s, t = torch.randn(6, 8), torch.randn(6, 12)  # widths may differ: only similarities are compared
+    sn, tn = [x / x.norm() for x in s], [x / x.norm() for x in t]
+    total = 0.0
+    for i in range(6):
+        others = [j for j in range(6) if j != i]
+        zs = [math.exp(float(sn[i] @ sn[j]) / tau) for j in others]
+        zt = [math.exp(float(tn[i] @ tn[j]) / tau) for j in others]
+        ps, pt = [z / sum(zs) for z in zs], [z / sum(zt) for z in zt]
+        total += sum(b * math.log(b / a) for a, b in zip(ps, pt))
+    assert float(relational(s, t, tau)) == pytest.approx(total / 6, rel=1e-5)
+    assert float(relational(t, t, tau)) == pytest.approx(0.0, abs=1e-6)  # the same structure costs nothing
+
+
+def test_distillation_terms_add_inside_each_weighted_teacher_term():
+    g = torch.Generator().manual_seed(0)
+    u_a, u_b, t_a, t_b = (torch.randn(4, 6, generator=g) for _ in range(4))
+    w = torch.tensor([0.5])
+    base = dtg_loss(None, None, [u_a], [u_b], [t_a], [t_b], w, 0.0)
+    both = dtg_loss(None, None, [u_a], [u_b], [t_a], [t_b], w, 0.0, regression=2.0, relation=3.0, relation_tau=0.2)
+    extra = (2.0 * 0.5 * (cosine_regression(u_a, t_a) + cosine_regression(u_b, t_b))
+             + 3.0 * 0.5 * (relational(u_a, t_a, 0.2) + relational(u_b, t_b, 0.2)))
+    torch.testing.assert_close(both.teacher_terms[0], base.teacher_terms[0] + extra)
+    torch.testing.assert_close(both.total, 0.5 * both.teacher_terms[0])
