@@ -237,6 +237,10 @@ def footprints() -> list[dict]:
     return out
 
 
+def duration(hours: float) -> str:
+    return f"{hours:.1f} h" if hours >= 1 else f"{hours * 60:.1f} min" if hours * 60 >= 1 else f"{hours * 3600:.0f} s"
+
+
 def print_model(result: dict) -> None:
     r = rates(result)
     print(f"\nper core: decode+prepare {r['decode_frames_per_core_s']:.0f} frames/s, teacher cache "
@@ -244,8 +248,8 @@ def print_model(result: dict) -> None:
           f"{r['epoch_videos_per_core_s']:.2f} videos/s")
     print(f"{'dataset':13s} {'machine':34s} {'frames':>8s} {'prepare':>9s} {'cache':>9s} {'epoch':>9s}")
     for e in extrapolate(result):
-        print(f"{e['dataset']:13s} {e['machine']:34s} {e['frames'] / 1e6:7.1f}M {e['prepare_h']:8.2f}h "
-              f"{e['cache_h']:8.2f}h {e['epoch_h']:8.3f}h")
+        print(f"{e['dataset']:13s} {e['machine']:34s} {e['frames'] / 1e6:7.1f}M {duration(e['prepare_h']):>9s} "
+              f"{duration(e['cache_h']):>9s} {duration(e['epoch_h']):>9s}")
     for f in footprints():
         print(f["dataset"] + ": " + ", ".join(f"{k[:-3]} {v:.1f} GB" for k, v in f.items() if k != "dataset"))
 

@@ -4,7 +4,7 @@
 * ``dtg_online_step_s``: a DTG step with both teachers (bundled ImageNet + image-based action) run online;
 * ``dtg_cached_step_s``: the same DTG step reading the teachers' per-frame embeddings from the cache;
 * ``loader_naive_clips_per_s`` / ``loader_fast_clips_per_s``: sequences per second out of the DataLoader,
-  decoding every sample with PyAV vs reading the `dtgnet data prepare` memory map (cropped uint8 views);
+  decoding every sample with PyAV vs reading `dtgnet data prepare`'s frames (cropped uint8 views);
 * ``colour_ms_per_batch``: the colour augmentation of one batch's two views, done on the training device.
 
 Step times are medians over timed steps on batches loaded beforehand (the data path is measured apart).
@@ -171,7 +171,7 @@ def format_table(r: dict) -> str:
             ("DTG step, cached teachers", f"{r['dtg_cached_step_s'] * 1000:.0f} ms"),
             ("cached / online", f"{r['cached_over_online']:.2f}"),
             ("loader, PyAV per sample", f"{r['loader_naive_clips_per_s']:.1f} clips/s"),
-            ("loader, prepared memory map", f"{r['loader_fast_clips_per_s']:.1f} clips/s"),
+            ("loader, prepared uint8 frames", f"{r['loader_fast_clips_per_s']:.1f} clips/s"),
             ("fast / naive", f"{r['fast_over_naive']:.1f}x"),
             ("colour of a batch, on the device", f"{r['colour_ms_per_batch']:.1f} ms"),
             ("loader, 1280x720 PyAV per sample", f"{r['loader_hd_clips_per_s']:.1f} clips/s"),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .data.synth import SynthPreset, generate
+from .data.synth import generate
 from .evaluation import eval_dataset, evaluate_model, extract, frozen_feature_scores
 from .recipes import Sizes, base_config, finetune_config, fresh_out_dir, pretrain_config, synth_teachers
 from .students import load_student
@@ -29,8 +29,7 @@ PLANS = {
     "full": Sizes("default", frames=4, size=48, batch_size=24, pretrain_epochs=10, finetune_epochs=40,
                   single_frame_epochs=8, teacher_input=96),
     # CI size: every stage and the report, three steps per run (the numbers mean nothing)
-    "smoke": Sizes(SynthPreset(pairs=2, train_per_class=8, val_per_class=2, test_per_class=2, stills_per_class=8,
-                               frames=12, size=48), frames=4, size=32, batch_size=16, pretrain_epochs=1, finetune_epochs=1,
+    "smoke": Sizes("smoke", frames=4, size=32, batch_size=16, pretrain_epochs=1, finetune_epochs=1,
                    single_frame_epochs=1, teacher_input=64, label_fraction=0.5, max_steps=3),
 }
 

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Config, TeacherConfig, validate
-from .data.synth import SynthPreset
 from .errors import DtgError
 
 
@@ -16,7 +15,7 @@ from .errors import DtgError
 class Sizes:
     """How big a SynthActions run is: the data preset, the student's input and each stage's length."""
 
-    preset: str | SynthPreset
+    preset: str
     frames: int
     size: int
     batch_size: int

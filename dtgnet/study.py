@@ -80,8 +80,9 @@ class StudyPlan:
 PLANS = {
     # smoke size: every entry runs with two seeds (the fewest an interval needs), two steps each (CI checks
     # the outputs, not the numbers)
-    "quick": StudyPlan(Sizes("quick", frames=4, size=32, batch_size=16, pretrain_epochs=1, finetune_epochs=2,
-                             single_frame_epochs=2, teacher_input=64, max_steps=2), seeds=(0, 1)),
+    "quick": StudyPlan(Sizes("smoke", frames=4, size=32, batch_size=16, pretrain_epochs=1, finetune_epochs=2,
+                             single_frame_epochs=2, teacher_input=64, label_fraction=0.5, max_steps=2),
+                       seeds=(0, 1)),
     "full": StudyPlan(Sizes("default", frames=4, size=32, batch_size=24, pretrain_epochs=8, finetune_epochs=30,
                             single_frame_epochs=30, teacher_input=96)),
 }

@@ -212,9 +212,8 @@ class Journal:
             fresh = not (resumable and plan.is_file() and plan.read_text() == key)
             if fresh:
                 if directory.exists():
-                    for f in directory.iterdir():
-                        f.unlink()
-                directory.mkdir(parents=True, exist_ok=True)
+                    self.remove()
+                directory.mkdir(parents=True)
                 write_text_atomic(plan, key)
         shard.barrier()
         self.fresh = shard.gather(fresh)[0]
@@ -267,6 +266,7 @@ class Journal:
         self.shard.barrier()
 
     def remove(self) -> None:
+        """Delete the journal (its files are flat: no sub-directories)."""
         for f in self.dir.iterdir():
             f.unlink()
         self.dir.rmdir()
