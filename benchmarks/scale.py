@@ -164,8 +164,8 @@ def plot(rows: list[dict], path: Path) -> None:
         r = [x for x in rows if x["stage"] == stage]
         ax1.plot([x["n"] for x in r], [x["wall_s"] for x in r], "o-", label=stage)
         ax2.plot([x["n"] for x in r], [x["peak_rss_mib"] for x in r], "o-", label=stage)
-    ax1.set(xlabel="videos", ylabel="wall time (s)", title="time grows linearly")
-    ax2.set(xlabel="videos", ylabel="peak RSS (MiB)", title="memory stays flat")
+    ax1.set(xlabel="videos", ylabel="wall time (s)", title="wall time per stage")
+    ax2.set(xlabel="videos", ylabel="peak RSS (MiB)", title="peak resident memory per stage")
     ax2.set_ylim(bottom=0)
     ax1.legend(fontsize=8)
     fig.tight_layout()
@@ -261,10 +261,14 @@ def main() -> None:
     ap.add_argument("--out", default="", help="working directory, kept for reruns (default: a temporary one)")
     ap.add_argument("--json", default="", help="write the figures here")
     ap.add_argument("--plot", default="", help="write the plot here (png)")
-    ap.add_argument("--from-json", default="", help="print the cost model of figures written before; measure nothing")
+    ap.add_argument("--from-json", default="", help="print the cost model (and --plot) of figures written before; "
+                                                    "measure nothing")
     args = ap.parse_args()
     if args.from_json:
-        print_model(json.loads(Path(args.from_json).read_text()))
+        result = json.loads(Path(args.from_json).read_text())
+        print_model(result)
+        if args.plot:
+            plot(result["rows"], Path(args.plot))
         return
     work = Path(args.out or tempfile.mkdtemp(prefix="dtgnet-scale-"))
     print(f"working in {work}; {os.cpu_count()} cores", flush=True)
