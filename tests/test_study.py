@@ -1,4 +1,4 @@
-"""`dtgnet study`: the statistics, the val-only choices, and the quick study end to end (about 2 minutes on
+"""`dtgnet study`: the statistics, the val-only choices, and the quick study end to end (about 3 minutes on
 2 CPU cores), including resume and the errors a user can make."""
 import json
 import math
