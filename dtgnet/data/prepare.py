@@ -130,6 +130,7 @@ class _FrameFile:
     dataset it had touched (a kNN pass over 800 videos: +840 MiB); explicit reads keep it flat."""
 
     def __init__(self, path: Path):
+        self.path = path
         with open(path, "rb") as f:
             fmt = np.lib.format
             version = fmt.read_magic(f)
@@ -141,8 +142,10 @@ class _FrameFile:
     def rows(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), *self.row_shape), np.uint8)
         for i, r in enumerate(rows):
-            out[i] = np.frombuffer(os.pread(self.fd, self.row_bytes, self.offset + int(r) * self.row_bytes),
-                                   np.uint8).reshape(self.row_shape)
+            data = os.pread(self.fd, self.row_bytes, self.offset + int(r) * self.row_bytes)
+            if len(data) != self.row_bytes:
+                raise DataError(f"{self.path}: truncated (frame row {int(r)} is past its end); prepare again")
+            out[i] = np.frombuffer(data, np.uint8).reshape(self.row_shape)
         return out
 
     def __del__(self):

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -94,3 +96,7 @@ def test_prepared_reader_matches_decoded_frames(tiny_synth, tmp_path):
     assert ds[0]["a"].shape == (2, 3, 24, 24)
     with pytest.raises(DataError, match="not a prepared dataset"):
         PreparedReader(tmp_path, tiny_synth)
+    frames = tmp_path / "prep" / "frames.npy"
+    os.truncate(frames, 1000)  # a copy cut short (the header and a few rows left): one line naming the file
+    with pytest.raises(DataError, match="frames.npy: truncated"):
+        PreparedReader(tmp_path / "prep", tiny_synth).read(path, [1, 4])
