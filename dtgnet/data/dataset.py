@@ -104,13 +104,8 @@ class VideoDataset(Dataset):
 
 def finish_views(raw: dict, device: torch.device, non_blocking: bool = False) -> tuple:
     """A training batch's views on ``device``, coloured: ``(a, b or None)`` float ``(B, T, 3, S, S)``."""
-    views = []
-    for name in ("a", "b"):
-        if name in raw:
-            views.append(apply_colour(raw[name].to(device, non_blocking=non_blocking), raw[f"colour_{name}"]))
-        else:
-            views.append(None)
-    return tuple(views)
+    return tuple(apply_colour(raw[name].to(device, non_blocking=non_blocking), raw[f"colour_{name}"])
+                 if name in raw else None for name in ("a", "b"))
 
 
 def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:

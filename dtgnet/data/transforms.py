@@ -91,6 +91,8 @@ def apply_colour(frames: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     """uint8 ``(N, T, 3, S, S)`` sequences and their ``(N, 5)`` colour parameters -> float in [0, 1].
     Each sequence gets its own factors; contrast uses each frame's mean luma, as torchvision does."""
     x = frames.float().div_(255)
+    if bool((params == torch.tensor(IDENTITY)).all()):  # nothing to do (no jitter drawn, or strong_aug off)
+        return x
     b, c, s, h, gray = (p.view(-1, 1, 1, 1, 1) for p in params.to(x.device).unbind(1))  # each (N, 1, 1, 1, 1)
     x = (x * b).clamp_(0, 1)
     x = (c * x + (1 - c) * _gray(x).mean((-3, -2, -1), keepdim=True)).clamp_(0, 1)
