@@ -1,6 +1,7 @@
 """DDP through torchrun on the CPU (gloo): 2 processes must train exactly like 1 with the same global batch,
 stop together on a preemption signal, and survive the loss of a worker through an elastic restart."""
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,7 +79,8 @@ def runs(tiny_synth, tmp_path_factory):
     work = tmp_path_factory.mktemp("ddp")
     for name, nproc in (("one", 1), ("two", 2)):
         run(["pretrain", *tiny_overrides(tiny_synth, work / name, **COMMON), "--no-progress"], work, nproc)
-    return work
+    yield work
+    shutil.rmtree(work, ignore_errors=True)  # its checkpoints take gigabytes; the suite's disk stays bounded
 
 
 def test_two_process_ddp_matches_one_process(runs):

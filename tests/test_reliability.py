@@ -2,6 +2,7 @@
 import errno
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,7 +78,8 @@ def reference(tiny_synth, tmp_path_factory):
     work = tmp_path_factory.mktemp("reliability")
     p = dtgnet(["pretrain", *tiny_overrides(tiny_synth, work / "ref", **COMMON), "--no-progress"], work)
     assert p.wait(timeout=600) == 0, p.stderr.read().decode()[-2000:]
-    return work, *final_tensors(work / "ref")
+    yield (work, *final_tensors(work / "ref"))
+    shutil.rmtree(work, ignore_errors=True)  # its checkpoints take gigabytes; the suite's disk stays bounded
 
 
 def assert_same(run_dir, reference, what):
