@@ -56,12 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="generate, scan and prepare datasets",
                           description="Generate SynthActions, scan a list for bad videos, or decode a dataset "
-                                      "once into a fast memory map.")
+                                      "once into a fast frame file.")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="DATA_COMMAND")
     synth = dsub.add_parser("synth", help="write the SynthActions benchmark",
                             description="Write SynthActions (mp4 videos, lists, stills) under OUT.")
     synth.add_argument("out", help="output directory")
-    synth.add_argument("--preset", choices=("quick", "default"), default="default", help="size preset")
+    synth.add_argument("--preset", choices=("quick", "default", "study"), default="default", help="size preset")
     synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
     scan = dsub.add_parser("scan", help="check every video of a list, write a manifest",
                            description="Decode every entry of LIST and write {ok: [...], bad: [...]} to --out.")
@@ -74,10 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--subset", default="train", choices=("train", "val", "test"), help="hmdb51 subset")
     scan.add_argument("--backend", default="pyav", help="pyav, decord or torchcodec")
 
-    prep = dsub.add_parser("prepare", help="decode a dataset once into a fast uint8 memory map",
+    prep = dsub.add_parser("prepare", help="decode a dataset once into a fast uint8 frame file",
                            description="Decode every video of the config's train/val/test lists once, resize "
                                        "(short side to --size, centre crop) and store the frames as a uint8 "
-                                       "memory map; training and evaluation read it with data.prepared=OUT.")
+                                       "array file; training and evaluation read it with data.prepared=OUT.")
     prep.add_argument("-c", "--config", help=CONFIG_HELP)
     prep.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
     prep.add_argument("--out", required=True, help="output directory")
@@ -101,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tcache = tsub.add_parser("cache", help="embed every training frame once per teacher, to disk",
                              description="Write each configured teacher's per-frame embeddings of the training "
-                                         "videos (float16, memory-mapped) to --out or run.teacher_cache_dir; "
+                                         "videos (float16) to --out or run.teacher_cache_dir; "
                                          "training reads them when run.teacher_cache_dir names the directory.")
     tcache.add_argument("-c", "--config", help=CONFIG_HELP)
     tcache.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)
@@ -126,10 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="also write the results to this file")
 
     study = sub.add_parser(
-        "study", help="efficacy study on SynthActions: every baseline, teacher and weighting, 3 seeds",
+        "study", help="efficacy study on SynthActions: every baseline, teacher, weighting and protocol, 5 seeds",
         description="Train every entry of the efficacy study (scratch, ssl, dtg_* teachers and weightings, "
-                    "supervised, joint_dtg, single_frame, teacher kNN) with 3 seeds on SynthActions; write "
-                    "study.json, study.md and study.png under --out.")
+                    "supervised, joint_dtg, single_frame, teacher kNN), the full-label and fewer-videos "
+                    "protocols and the ceiling, with 5 seeds (3 for the side entries) on SynthActions; write "
+                    "study.json, study.md and the plots under --out.")
     study.add_argument("overrides", nargs="*", help="dotted config overrides applied to every run (to study "
                                                     "a method change), e.g. loss.queue_size=256")
     study.add_argument("--out", required=True, help="output directory")
@@ -149,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure student, DTG (online / cached teachers) and loader speed",
                            description="Measure on SynthActions, in one run: student-only step, DTG step with "
                                        "online teachers, DTG step with cached teachers, and DataLoader clips/s "
-                                       "with PyAV per sample vs the prepared memory map.")
+                                       "with PyAV per sample vs the prepared frame file.")
     bench.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run the steps")
     bench.add_argument("--json", help="write the figures to this JSON file")
     bench.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test of the benchmark)")
@@ -364,7 +365,9 @@ def _cmd_study(args) -> int:
     meta = r["meta"]
     print(f"study done: {meta['seconds'] / 60:.1f} min of runs -> {args.out}/study.json, study.md, study.png")
     for t in meta["targets"]:
-        print(f"  {'met    ' if t['met'] else 'missed '} {t['target']} (gap {t['gap']:+.1f} points)")
+        gap = (f"{t['gap']:+.1f} points" if t["paired_ci95"] else "no label gap" if t["gap"] is None else
+               f"{t['gap']:.0f} % of the gap")
+        print(f"  {'met    ' if t['met'] else 'missed '} {t['target']} ({gap})")
     return 0
 
 

@@ -63,7 +63,7 @@ class DataConfig:
     backend: str = "pyav"
     """Video decoder: pyav (default), decord or torchcodec (optional extras)."""
     prepared: str = ""
-    """Directory written by `dtgnet data prepare`: frames are read from its pre-decoded uint8 memory map
+    """Directory written by `dtgnet data prepare`: frames are read from its pre-decoded uint8 frame file
     instead of being decoded (much faster; see docs/PERFORMANCE.md)."""
     num_workers: int = -1
     """DataLoader worker processes: -1 (default) uses the cores this process may run on, at most 8; 0 loads

@@ -145,6 +145,9 @@ STUDY_NOTES = {
     "dtg_adaptive": "label-free adaptive teacher weights",
     "supervised": "joint recipe, cross-entropy only",
     "joint_dtg": "joint recipe, CE + L_DTG (mode ii)",
+    "scratch_full": "the ceiling: scratch on 100 % of the labels",
+    "ssl_full": "ssl's student fine-tuned on 100 % of the labels",
+    "dtg_full": "dtg_adaptive's student fine-tuned on 100 % of the labels",
     "single_frame": "scratch given one frame",
     "vit_ssl": "ViT-Ti student (2x8x8 tubelets), pre-trained without teachers",
     "vit_dtg": "the same ViT-Ti, adaptive DTG with both teachers",
@@ -154,6 +157,30 @@ STUDY_NOTES = {
 def _fmt(entry: dict, metric: str) -> str:
     lo, hi = entry[f"{metric}_ci95"]
     return f"{entry[f'{metric}_mean']:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def _efficiency_plot(path: Path, results: dict, fractions: list[float]) -> None:
+    """kNN and 10 %-label top-1 of ssl and dtg against the share of unlabelled videos pre-trained on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .study import fraction_name
+
+    xs = sorted(fractions) + [1.0]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for ax, metric, title in ((axes[0], "knn", "kNN top-1 (%)"), (axes[1], "top1", "top-1, 10 % labels (%)")):
+        for kind, full, colour in (("ssl", "ssl", "#69c"), ("dtg", "dtg_adaptive", "#e63")):
+            names = [fraction_name(kind, f) for f in sorted(fractions)] + [full]
+            means = np.array([results[n][f"{metric}_mean"] for n in names])
+            ci = np.array([results[n][f"{metric}_ci95"] for n in names])
+            ax.errorbar(xs, means, yerr=np.stack([means - ci[:, 0], ci[:, 1] - means]), color=colour,
+                        marker="o", capsize=3, label=kind)
+        ax.set_xscale("log", base=2), ax.set_xticks(xs, [f"1/{round(1 / x)}" if x < 1 else "all" for x in xs])
+        ax.set_xlabel("unlabelled training videos"), ax.set_title(title), ax.grid(alpha=0.3), ax.legend()
+    fig.suptitle("Data efficiency: mean of seeds, 95 % interval", fontsize=10)
+    fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
 
 
 def _study_plot(path: Path, results: dict) -> None:
@@ -179,8 +206,14 @@ def _study_plot(path: Path, results: dict) -> None:
 
 
 def write_study_report(out: Path, results: dict, meta: dict) -> None:
-    """``study.md`` (command, machine, wall time, the table, the weight grid, the targets) and ``study.png``."""
+    """``study.md`` (command, machine, wall time, the table, the weight grid, data efficiency, the targets),
+    ``study.png`` and ``study_efficiency.png``."""
+    from .study import label_gap_share
+
     _study_plot(out / "study.png", results)
+    fractions = meta["plan"].get("video_fractions", [])
+    if fractions:
+        _efficiency_plot(out / "study_efficiency.png", results, fractions)
     plan, sizes, m = meta["plan"], meta["plan"]["sizes"], meta["machine"]
     minutes = meta["seconds"] / 60
     lines = [
@@ -202,13 +235,17 @@ def write_study_report(out: Path, results: dict, meta: dict) -> None:
         + (f"; joint: {plan['joint_epochs']} epochs over the unlabelled videos at batch {sizes['batch_size']}, "
            f"half of each batch labelled" if plan.get("joint_unlabelled") else
            "; joint: the fine-tune recipe on the labelled videos only"),
-        f"- Seeds: {', '.join(map(str, plan['seeds']))}"
+        f"- Seeds: {', '.join(map(str, plan['seeds']))} for the headline entries, the first "
+        f"{plan['side_seeds']} for the weight-grid points, dtg_learned, single_frame and the ViT pair; full labels: "
+        f"{plan['full_label_epochs']} fine-tune epochs"
         + (f"; overrides: `{' '.join(plan['overrides'])}`" if plan["overrides"] else ""), "",
         "Entries: mean over seeds with the 95 % Student-t interval of the mean, in %. top-1 is video-level "
         "on the test split; kNN and R@1 are on the label-free representation (the pre-trained student for "
         "pre-training entries, else the trained student; teacher_knn_* use the teacher's pooled features, "
-        "and their top-1 is that kNN).", "",
-        "| entry | top-1 | kNN top-1 | R@1 | seeds (top-1) | val top-1 | what |", "|---|---|---|---|---|---|---|",
+        "and their top-1 is that kNN). Gap closed: the share of the label gap (scratch at 10 % of the labels "
+        "-> scratch_full) that an entry's top-1 closes.", "",
+        "| entry | top-1 | kNN top-1 | R@1 | seeds (top-1) | val top-1 | gap closed | what |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, e in results.items():
         seeds = ", ".join(f"{v:.1f}" for v in e["top1_seeds"])
@@ -217,17 +254,31 @@ def write_study_report(out: Path, results: dict, meta: dict) -> None:
         if name == "dtg_best_fixed":
             note += f": {meta['best_fixed']}"
         val_cell = f"{100 * np.mean(val):.1f}" if val else "–"  # teacher kNN entries have no val run
+        share = None if name.startswith("teacher_knn_") else label_gap_share(results, name)
+        share_cell = "–" if share is None else f"{share:.0f} %"
         lines.append(f"| {name} | {_fmt(e, 'top1')} | {_fmt(e, 'knn')} | {_fmt(e, 'r1')} | {seeds} | {val_cell} "
-                     f"| {note} |")
+                     f"| {share_cell} | {note} |")
     lines += ["", "![study](study.png)", "", "## Teacher-weight grid (chosen on val)", "",
               "| (imagenet, action) | entry | val top-1 (mean) | test top-1 |", "|---|---|---|---|"]
     for w, name in zip(plan["grid"], meta["grid_val_top1"]):  # the same order
         mark = " (chosen)" if name == meta["best_fixed"] else ""
         lines.append(f"| ({w[0]:g}, {w[1]:g}) | {name}{mark} | {100 * meta['grid_val_top1'][name]:.1f} | "
                      f"{results[name]['top1_mean']:.1f} |")
+    if fractions:
+        lines += ["", "## Data efficiency", "", "Pre-trained on a share of the unlabelled training videos (as many "
+                  "steps as on all of them), then fine-tuned on the same 10 % of the labels.", "",
+                  "![data efficiency](study_efficiency.png)"]
     lines += ["", f"## Targets (DTG = `{meta['dtg']}`, the best DTG entry on val)", "",
-              "| target | gap of the means (points) | per-seed gap, 95 % interval | met |", "|---|---|---|---|"]
-    lines += [f"| {t['target']} | {t['gap']:+.1f} | [{t['paired_ci95'][0]:+.1f}, {t['paired_ci95'][1]:+.1f}] | "
-              f"{'yes' if t['met'] else 'no'} |" for t in meta["targets"]]
+              "A target with a positive margin is met when the mean per-seed difference reaches it and its 95 % "
+              "interval excludes 0.", "",
+              "| target | mean per-seed difference (points) | its 95 % interval | seeds | met |",
+              "|---|---|---|---|---|"]
+    for t in meta["targets"]:
+        if t["paired_ci95"] is None:  # the label-gap share: a ratio of means, no per-seed interval
+            share = "no label gap" if t["gap"] is None else f"{t['gap']:.0f} % of the gap"
+            lines.append(f"| {t['target']} | {share} | – | – | {'yes' if t['met'] else 'no'} |")
+        else:
+            lines.append(f"| {t['target']} | {t['gap']:+.1f} | [{t['paired_ci95'][0]:+.1f}, "
+                         f"{t['paired_ci95'][1]:+.1f}] | {t['seeds']} | {'yes' if t['met'] else 'no'} |")
     (out / "study.md").write_text("\n".join(lines) + "\n")
 

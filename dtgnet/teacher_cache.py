@@ -9,8 +9,8 @@ decoding, ``stride`` / ``fps`` subsampling with lookups snapped to the nearest c
 
 In memory (``run.teacher_cache=true``) the cache is built when a run starts. On disk
 (`dtgnet teacher cache -c CONFIG`, then ``run.teacher_cache_dir``) it is one float16 ``.npy`` per teacher,
-memory-mapped, plus ``<name>.json``: the video order, each video's first row, kept frame count and stride,
-and a key made of the teacher's identity (source, weights, a hash of its parameters), its preprocessing, and
+read a clip's rows at a time (not memory-mapped: resident memory stays flat however much is read), plus
+``<name>.json``: the video order, each video's first row, kept frame count and stride, and a key made of the teacher's identity (source, weights, a hash of its parameters), its preprocessing, and
 every video's path, size and modification time. A cache whose key no longer matches is refused, naming what
 changed. Writing it resumes after an interruption and shards over torchrun ranks like `dtgnet data prepare`.
 """
@@ -28,7 +28,7 @@ from .data.bulk import (Journal, Shard, Video, decode_all, default_workers, join
                         plan_videos)
 from .data.dataset import VideoDataset
 from .errors import DtgError, VideoDecodeError
-from .storage import RowFile, write_text_atomic
+from .storage import NpyRows, RowFile, write_text_atomic
 from .teachers import Teacher
 
 PREPROCESSING = "decoder-area-short-side,center-crop,float[0,1],teacher-normalisation/2"
@@ -41,7 +41,7 @@ class StaleCacheError(DtgError):
 
 class TeacherCache:
     """``per_video[i]``: ``(kept_i, D)`` float16 embeddings of video ``i`` (None if it was unreadable), of its
-    frames ``0, stride_i, 2 stride_i, ...``."""
+    frames ``0, stride_i, 2 stride_i, ...``: an array in memory, or a :class:`_VideoRows` on disk."""
 
     def __init__(self, per_video: list, embed_dim: int, strides: list[int] | None = None):
         self.per_video = per_video
@@ -57,7 +57,7 @@ class TeacherCache:
             if feats is None:
                 raise VideoDecodeError(f"video #{i}", "not in the teacher cache (unreadable when it was built)")
             kept = np.minimum(np.rint(f / self.strides[i]).astype(np.int64), len(feats) - 1)
-            rows.append(torch.from_numpy(np.asarray(feats[kept], dtype=np.float32)).mean(0))
+            rows.append(torch.from_numpy(feats[kept].astype(np.float32)).mean(0))
         return torch.stack(rows)  # (B, D)
 
 
@@ -228,8 +228,22 @@ def write_caches(teachers: list[Teacher], teacher_cfgs, dataset: VideoDataset, o
     return paths
 
 
+class _VideoRows:
+    """One video's rows of a cache on disk; indexing reads the span of the rows asked for in one ``pread``."""
+
+    def __init__(self, rows: NpyRows, first: int, count: int):
+        self.rows, self.first, self.count = rows, first, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, kept: np.ndarray) -> np.ndarray:
+        lo, hi = int(kept.min()), int(kept.max())
+        return self.rows.span(self.first + lo, hi - lo + 1)[kept - lo]
+
+
 def load_cache(teacher: Teacher, teacher_cfg, dataset: VideoDataset, cache_dir) -> TeacherCache:
-    """Memory-map a cache written by :func:`write_cache`; refuse it if the teacher or the data changed."""
+    """Open a cache written by :func:`write_cache`; refuse it if the teacher or the data changed."""
     cache_dir = Path(cache_dir)
     meta_path, npy = cache_dir / f"{teacher_cfg.name}.json", cache_dir / f"{teacher_cfg.name}.npy"
     if not meta_path.is_file() or not npy.is_file():
@@ -244,7 +258,7 @@ def load_cache(teacher: Teacher, teacher_cfg, dataset: VideoDataset, cache_dir) 
     strides = index.get("strides", [1] * len(index["counts"]))
     rows = {path: (size, mtime, off, count, stride) for (path, size, mtime), off, count, stride
             in zip(index["data"], index["offsets"], index["counts"], strides)}
-    arr = np.load(npy, mmap_mode="r")
+    table = NpyRows(npy, "rebuild it with `dtgnet teacher cache -c CONFIG`")
     per_video, per_stride = [], []
     for path, size, mtime in data_fingerprint(dataset):  # by path: a run may train on a subset of the videos
         if path not in rows:
@@ -254,6 +268,6 @@ def load_cache(teacher: Teacher, teacher_cfg, dataset: VideoDataset, cache_dir) 
         if (c_size, c_mtime) != (size, mtime):
             raise StaleCacheError(f"{meta_path}: stale teacher cache, {path} changed (size or modification "
                                   f"time); rebuild it with `dtgnet teacher cache -c CONFIG`")
-        per_video.append(arr[off:off + count] if count else None)
+        per_video.append(_VideoRows(table, off, count) if count else None)
         per_stride.append(stride)
     return TeacherCache(per_video, index["embed_dim"], per_stride)

@@ -8,7 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from dtgnet.study import PLANS, best_on_val, check_targets, entry_names, entry_stats, summarise
+from dtgnet.study import (PLANS, best_on_val, check_targets, entry_names, entry_stats, label_gap_share, paired,
+                          summarise)
 
 KEYS = [f"{m}_{k}" for m in ("top1", "knn", "r1") for k in ("mean", "ci95", "seeds")]
 
@@ -40,27 +41,51 @@ def test_best_on_val_ignores_test():
 
 
 def test_check_targets():
-    def entry(m, ci):
-        return {"top1_mean": m, "top1_ci95": ci, "top1_seeds": [m - 1, m, m + 1]}
+    def entry(m, knn=0.0, n=5, spread=1.0):
+        seeds = [m + spread * (i - (n - 1) / 2) for i in range(n)]
+        return {"top1_mean": m, "top1_seeds": seeds, "knn_mean": knn, "knn_seeds": [knn + s - m for s in seeds]}
 
-    study = {"scratch": entry(30, [28, 32]), "ssl": entry(40, [38, 42]), "dtg_x": entry(46, [43, 49]),
-             "dtg_adaptive": entry(44, [40, 48]), "dtg_best_fixed": entry(45.5, [44, 47]),
-             "supervised": entry(30, [29, 31]), "joint_dtg": entry(32, [30, 34]), "vit_ssl": entry(30, [29, 31]),
-             "vit_dtg": entry(31, [29, 33])}
-    met = {t["target"]: t["met"] for t in check_targets(study, "dtg_x")}
-    assert met == {"dtg_x >= scratch + 15": True, "dtg_x >= ssl + 5, 95 % intervals apart": True,
-                   "dtg_adaptive >= dtg_best_fixed - 1": False, "joint_dtg >= supervised + 3": False,
-                   "vit_dtg > vit_ssl (the method carries over to a ViT student)": True}
-    assert check_targets(study, "dtg_x")[0]["paired_ci95"] == [16.0, 16.0]  # the same offset every seed
-    study["ssl"] = entry(40, [35, 44])  # +6 points, but the intervals overlap
-    assert not check_targets(study, "dtg_x")[1]["met"]
+    study = {"scratch": entry(30), "ssl": entry(40, knn=30), "dtg_x": entry(46, knn=45),
+             "dtg_adaptive": entry(44), "dtg_best_fixed": entry(45.5, n=3), "supervised": entry(30),
+             "joint_dtg": entry(32), "vit_ssl": entry(30, n=3), "vit_dtg": entry(31, n=3),
+             "scratch_full": entry(50), "dtg_full": entry(54), "dtg_1of4": entry(41, knn=29),
+             "teacher_knn_a": entry(38, knn=38, n=1), "teacher_knn_b": entry(39, knn=39.5, n=1)}
+    targets = check_targets(study, "dtg_x")
+    met = {t["target"]: t["met"] for t in targets}
+    assert met == {"dtg_x >= scratch + 15": True, "dtg_x >= ssl + 5": True,
+                   "dtg_x closes >= 50 % of the label gap (scratch -> scratch_full)": True,
+                   "dtg_x kNN >= the best teacher's kNN (teacher_knn_b) + 5": True,
+                   "dtg_full >= scratch_full + 3 (100 % of the labels)": True,
+                   "dtg_1of4 >= ssl on every video (kNN)": False, "dtg_1of4 >= ssl on every video (top-1)": True,
+                   "joint_dtg >= supervised + 3": False, "dtg_adaptive >= dtg_best_fixed - 1": False,
+                   "vit_dtg >= vit_ssl (the method carries over to a ViT student)": True}
+    by_name = {t["target"]: t for t in targets}
+    assert by_name["dtg_x >= scratch + 15"]["paired_ci95"] == [16.0, 16.0]  # the same offset every seed
+    assert by_name["dtg_x closes >= 50 % of the label gap (scratch -> scratch_full)"]["gap"] == 80.0
+    assert by_name["dtg_adaptive >= dtg_best_fixed - 1"]["seeds"] == 3  # the seeds both entries have
+    assert by_name["dtg_x kNN >= the best teacher's kNN (teacher_knn_b) + 5"]["gap"] == 5.5  # one run, every seed
+    # +6 points on average, but the seeds disagree: the paired interval includes 0
+    study["ssl"] = {**entry(40), "top1_seeds": [40 + d for d in (-10, 8, -9, 9, 2)]}
+    assert not {t["target"]: t for t in check_targets(study, "dtg_x")}["dtg_x >= ssl + 5"]["met"]
+
+
+def test_paired_differences_and_the_label_gap_share():
+    study = {"a": {"top1_seeds": [50.0, 52.0, 54.0], "top1_mean": 52.0},
+             "b": {"top1_seeds": [40.0, 43.0], "top1_mean": 41.5}}
+    m, (lo, hi), n = paired(study, "a", "b")
+    assert n == 2 and m == pytest.approx(9.5) and lo < 9.5 < hi  # diffs 10 and 9
+    study.update(scratch={"top1_mean": 40.0}, scratch_full={"top1_mean": 60.0})
+    assert label_gap_share(study, "a") == pytest.approx(60.0)
+    study["scratch_full"]["top1_mean"] = 39.0  # full labels no better: no gap to close
+    assert label_gap_share(study, "a") is None
 
 
 def test_entry_names_cover_the_issue():
     names = entry_names(PLANS["full"])
     for n in ("scratch", "ssl", "dtg_imagenet", "dtg_action", "dtg_equal", "dtg_best_fixed", "dtg_learned",
               "dtg_adaptive", "supervised", "joint_dtg", "single_frame", "teacher_knn_imagenet",
-              "teacher_knn_action", "vit_ssl", "vit_dtg"):
+              "teacher_knn_action", "vit_ssl", "vit_dtg", "scratch_full", "ssl_full", "dtg_full", "ssl_1of8",
+              "dtg_1of8", "ssl_1of4", "dtg_1of4", "ssl_1of2", "dtg_1of2"):
         assert n in names
     assert len(set(names)) == len(names)
 
@@ -87,12 +112,13 @@ def test_quick_study_writes_every_entry(quick_study):
     meta = json.loads((out / "runs.json").read_text())
     assert study["dtg_best_fixed"] == study[meta["best_fixed"]]
     assert meta["best_fixed"] == max(meta["grid_val_top1"], key=meta["grid_val_top1"].get)
-    assert len(meta["targets"]) == 5 and meta["command"].startswith("dtgnet study --quick")
+    assert len(meta["targets"]) == 8 and meta["command"].startswith("dtgnet study --quick")
     md = (out / "study.md").read_text()
     for text in ("Command: `dtgnet study --quick", "Machine:", "Wall time:", "| dtg_adaptive |",
-                 "Teacher-weight grid", "(chosen)", "## Targets"):
+                 "Teacher-weight grid", "(chosen)", "## Data efficiency", "## Targets", "| scratch_full |"):
         assert text in md
-    assert (out / "study.png").stat().st_size > 5000
+    assert (out / "study.png").stat().st_size > 5000 and (out / "study_efficiency.png").stat().st_size > 5000
+    assert len(list((out / "lists").glob("train_videos_1of2_s*.txt"))) == 2
     assert not list(out.glob("runs/*/checkpoints")), "scored runs keep no checkpoints"
     assert "study done" in run.stdout and ("missed" in run.stdout or "met" in run.stdout)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, VideoDecodeError
-from ..storage import RowFile, write_text_atomic
+from ..storage import NpyRows, RowFile, write_text_atomic
 from .bulk import Journal, decode_all, default_workers, join_shards, journalled_bad, npy_header, plan_key, plan_videos
 from .lists import VideoList
 
@@ -86,7 +86,7 @@ class PreparedReader:
             raise DataError(f"{self.dir}: not a prepared dataset (run `dtgnet data prepare`)")
         index = json.loads(index_path.read_text())
         self.size, self.entries = index["size"], index["entries"]
-        self._frames = None  # opened lazily, so DataLoader workers each open the file themselves
+        self._frames = NpyRows(self.dir / "frames.npy", "prepare again")
 
     def _entry(self, path) -> tuple[int, int, int, int]:
         """(first row, kept frames, stride, source frames) of a video."""
@@ -103,9 +103,6 @@ class PreparedReader:
         stride, source = subsampled or (1, kept)
         return row, kept, stride, source
 
-    def __getstate__(self) -> dict:  # a worker started by spawn opens the file itself
-        return {**self.__dict__, "_frames": None}
-
     def info(self, path):
         from .video import VideoInfo
 
@@ -118,39 +115,8 @@ class PreparedReader:
         idx = np.asarray(list(indices), dtype=np.int64)
         if idx.max() >= source:
             raise VideoDecodeError(path, f"frame {idx.max()} requested, the video has {source}")
-        if self._frames is None:
-            self._frames = _FrameFile(self.dir / "frames.npy")
         rows = row + np.minimum(np.rint(idx / stride).astype(np.int64), kept - 1)
-        return self._frames.rows(rows)  # (T, S, S, 3)
-
-
-class _FrameFile:
-    """Rows of a ``(N, S, S, 3)`` uint8 ``.npy`` read with ``pread``. Not a memory map: the kernel maps the
-    pages around every faulting one into a mapping's process, so a worker's resident memory grew with the
-    dataset it had touched (a kNN pass over 800 videos: +840 MiB); explicit reads keep it flat."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        with open(path, "rb") as f:
-            fmt = np.lib.format
-            version = fmt.read_magic(f)
-            shape, _, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
-            self.offset = f.tell()
-        self.row_shape, self.row_bytes = shape[1:], int(np.prod(shape[1:])) * np.dtype(dtype).itemsize
-        self.fd = os.open(path, os.O_RDONLY)
-
-    def rows(self, rows: np.ndarray) -> np.ndarray:
-        out = np.empty((len(rows), *self.row_shape), np.uint8)
-        for i, r in enumerate(rows):
-            data = os.pread(self.fd, self.row_bytes, self.offset + int(r) * self.row_bytes)
-            if len(data) != self.row_bytes:
-                raise DataError(f"{self.path}: truncated (frame row {int(r)} is past its end); prepare again")
-            out[i] = np.frombuffer(data, np.uint8).reshape(self.row_shape)
-        return out
-
-    def __del__(self):
-        if hasattr(self, "fd"):
-            os.close(self.fd)
+        return self._frames.take(rows)  # (T, S, S, 3)
 
 
 def reader_for(data_cfg):
