@@ -88,6 +88,11 @@ def _plots(out: Path, summary: dict, results: dict, classes: list[str], embeddin
     return figs
 
 
+ONE_RUN = ("This is one run with one seed: reruns, on another machine especially, move entries by several "
+           "points and can reverse a gap between them. Which method wins is measured over seeds, with paired "
+           "intervals, by `dtgnet study`.")
+
+
 def write_report(out: Path, summary: dict, results: dict, classes: list[str], embeddings: dict, runs: Path) -> None:
     figs = _plots(out, summary, results, classes, embeddings, runs)
     rows = [("model", "test top-1 (video)", "test top-1 (clip)", "labels", "kNN top-1", "R@1", "R@5")]
@@ -111,7 +116,7 @@ def write_report(out: Path, summary: dict, results: dict, classes: list[str], em
     md += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     md += ["", "Chance is {:.1f} %. A single frame cannot tell a class from its time-reversed partner, so the "
            "single-frame model (trained with every label) shows how far appearance alone goes.".format(
-               100 / len(classes)), ""]
+               100 / len(classes)), "", ONE_RUN, ""]
     for fname, caption in figs:
         md += [f"## {caption}", "", f"![{caption}](plots/{fname})", ""]
     md += ["## Timings (s)", "", "| step | seconds |", "|---|---|"]
@@ -130,7 +135,8 @@ def write_report(out: Path, summary: dict, results: dict, classes: list[str], em
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>dtgnet demo report</title><style>"
             "body{font-family:sans-serif;max-width:900px;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}img{max-width:100%}</style></head><body>"
-            f"<h1>dtgnet demo report</h1><p>{html.escape(intro)}</p>{table_html(rows)}{imgs}"
+            f"<h1>dtgnet demo report</h1><p>{html.escape(intro)}</p>{table_html(rows)}"
+            f"<p>{html.escape(ONE_RUN)}</p>{imgs}"
             f"<h2>Timings (s)</h2>{timing}</body></html>")
     (out / "report.html").write_text(page)
 

@@ -18,6 +18,7 @@ def test_smoke_demo_writes_results_plots_and_report(tmp_path):
     report = (out / "report.md").read_text()
     assert "DTG pre-train" in report and "single frame" in report
     html = (out / "report.html").read_text()
+    assert "one run with one seed" in report and "one run with one seed" in html  # no verdict from one run
     assert html.count("data:image/png;base64") >= 5
     for plot in ("loss_curves", "teacher_weights", "accuracy", "confusion", "embedding"):
         assert (out / "plots" / f"{plot}.png").stat().st_size > 1000
