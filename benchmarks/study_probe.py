@@ -40,7 +40,9 @@ def main() -> None:
                    help="joint entries also train the DTG term on the unlabelled videos (data.joint_unlabelled)")
     args = p.parse_args()
     plan = PLANS["full"]
-    changes = {"seeds": tuple(args.seeds), "overrides": tuple(args.overrides)}
+    # the 10 %-label protocol only: a probe compares a change on val, not the study's other protocols
+    changes = {"seeds": tuple(args.seeds), "overrides": tuple(args.overrides), "full_label_epochs": 0,
+               "video_fractions": ()}
     if args.finetune_lr:
         changes["finetune_lr"] = args.finetune_lr
     if args.finetune_head_scale:

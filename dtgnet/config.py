@@ -184,6 +184,10 @@ class LossConfig:
     softmax over each video's similarities to the batch's other videos; 0 disables it."""
     relational_tau: float = 0.1
     """Temperature of the relational term's similarity softmax."""
+    reverse_weight: float = 0.0
+    """Weight of the time-arrow self term: view b's self embedding against view a's, with view a played
+    backwards as one more negative, so the student learns the direction of time without labels (one more
+    forward pass per step); needs loss.self_weight > 0; 0 disables it."""
 
 
 @dataclass
@@ -490,6 +494,10 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     _at_least("loss.regression_weight", lo.regression_weight, 0.0)
     _at_least("loss.relational_weight", lo.relational_weight, 0.0)
     _in_range("loss.relational_tau", lo.relational_tau, 0.0, 10.0, low_open=True)
+    _at_least("loss.reverse_weight", lo.reverse_weight, 0.0)
+    if lo.reverse_weight > 0 and lo.self_weight <= 0:
+        raise ConfigError("loss.reverse_weight", "the time-arrow term is part of the self term: it needs "
+                                                 "loss.self_weight > 0")
     _at_least("optim.epochs", o.epochs, 1)
     _at_least("optim.batch_size", o.batch_size, 2)
     _in_range("optim.lr", o.lr, 0.0, 10.0, low_open=True)

@@ -90,6 +90,26 @@ def relational(student: Tensor, teacher: Tensor, tau: float) -> Tensor:
     return F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
 
 
+def reverse_contrast(query: Tensor, positive: Tensor, reversed_: Tensor, tau: float) -> Tensor:
+    """Time-arrow contrast: InfoNCE whose negatives are the batch's other videos plus the query's own video
+    played backwards, so features that ignore frame order cannot win.
+
+    ``L = mean_i -log( e^{q_i·k_i/tau} / (sum_j e^{q_i·k_j/tau} + e^{q_i·r_i/tau}) )``, all L2-normalised.
+
+    Args:
+        query: ``(B, D)`` one view of each video (view b).
+        positive: ``(B, D)`` the other view of the same videos (view a).
+        reversed_: ``(B, D)`` view a with its frames in reverse order.
+        tau: temperature > 0.
+    Returns:
+        Scalar mean cross-entropy.
+    """
+    q, k, r = (F.normalize(x, dim=1) for x in (query, positive, reversed_))
+    own = (q * r).sum(1, keepdim=True)  # (B, 1): each query against its own reversed sequence
+    logits = torch.cat([q @ k.T, own], 1) / tau  # (B, B + 1)
+    return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
+
+
 def pair_term(u_a: Tensor, u_b: Tensor, t_a: Tensor, t_b: Tensor, form: str, tau: float, margin: float,
               queue: Tensor | None = None) -> Tensor:
     """Symmetric cross-view term ``1/2 [ l(u_a, t_b) + l(u_b, t_a) ]`` for one teacher (or the self term,
@@ -115,10 +135,11 @@ def dtg_loss(self_a: Tensor | None, self_b: Tensor | None, student_a: list[Tenso
              teacher_a: list[Tensor], teacher_b: list[Tensor], weights: Tensor, self_weight: float,
              form: str = "infonce", tau: float = 0.1, margin: float = 1.0,
              queues: list[Tensor | None] | None = None, regression: float = 0.0, relation: float = 0.0,
-             relation_tau: float = 0.1) -> DTGLoss:
+             relation_tau: float = 0.1, reverse: float = 0.0, self_reversed: Tensor | None = None) -> DTGLoss:
     """Total DTG loss ``L = w_0 L_0 + sum_k w_k L_k``.
 
-    ``L_0`` = :func:`pair_term` between the self-head embeddings of the two views (plain two-view SSL);
+    ``L_0`` = :func:`pair_term` between the self-head embeddings of the two views (plain two-view SSL), plus
+    ``reverse * R(self_b, self_a, self_reversed)`` (:func:`reverse_contrast`) when ``reverse`` > 0;
     ``L_k`` = :func:`pair_term` between the student's head-k embeddings ``u_k`` and teacher k's embeddings
     ``t_k``, cross-view (u_k^a with t_k^b and u_k^b with t_k^a), plus, when their weights are > 0,
     ``regression * 1/2 [R(u_k^a, t_k^a) + R(u_k^b, t_k^b)]`` (:func:`cosine_regression`) and
@@ -133,6 +154,8 @@ def dtg_loss(self_a: Tensor | None, self_b: Tensor | None, student_a: list[Tenso
         queues: K optional ``(Q, D)`` banks of past teacher embeddings used as extra negatives (InfoNCE).
         regression, relation: weights of the feature-regression and relational terms inside each L_k.
         relation_tau: temperature of the relational term.
+        reverse, self_reversed: weight of the time-arrow term and the ``(B, D0)`` self-head embeddings of view
+            a played backwards.
     """
     k = len(student_a)
     if not (len(student_b) == len(teacher_a) == len(teacher_b) == k) or weights.shape != (k,):
@@ -144,6 +167,10 @@ def dtg_loss(self_a: Tensor | None, self_b: Tensor | None, student_a: list[Tenso
     self_term = ref.new_zeros(())
     if self_a is not None and self_b is not None and self_weight > 0:
         self_term = pair_term(self_a, self_b, self_a, self_b, form, tau, margin)
+        if reverse:
+            if self_reversed is None:
+                raise ValueError("the time-arrow term needs the self embeddings of the reversed view")
+            self_term = self_term + reverse * reverse_contrast(self_b, self_a, self_reversed, tau)
     terms = [pair_term(student_a[i], student_b[i], teacher_a[i], teacher_b[i], form, tau, margin, queues[i])
              for i in range(k)]
     for i in range(k):  # same-view distillation terms, each sequence against its own teacher embedding

@@ -66,7 +66,8 @@ class StudyPlan:
     """Entries outside the headline (weight-grid points, learned weights, single frame, the ViT pair) run with
     the first this many seeds."""
     full_label_epochs: int = 10
-    """Fine-tune epochs with 100 % of the labels (ten times the videos of the 10 % runs)."""
+    """Fine-tune epochs with 100 % of the labels (ten times the videos of the 10 % runs); 0 leaves the
+    full-label entries out."""
     video_fractions: tuple[float, ...] = (0.125, 0.25, 0.5)
     """Data efficiency: fractions of the unlabelled training videos ``ssl`` and ``dtg_adaptive`` are also
     pre-trained on."""
@@ -120,9 +121,10 @@ def entry_names(plan: StudyPlan) -> list[str]:
     """Every name study.json holds, in table order."""
     fixed = [grid_name(w) for w in plan.grid]
     fewer = [fraction_name(k, f) for f in plan.video_fractions for k in ("ssl", "dtg")]
+    full = ["scratch_full", "ssl_full", "dtg_full"] if plan.full_label_epochs else []
     return (["scratch", "ssl", *fixed[:3], "dtg_best_fixed", *fixed[3:], "dtg_learned", "dtg_adaptive",
-             "supervised", "joint_dtg", "scratch_full", "ssl_full", "dtg_full", *fewer, "single_frame",
-             "vit_ssl", "vit_dtg"] + [f"teacher_knn_{t}" for t in TEACHERS])
+             "supervised", "joint_dtg", *full, *fewer, "single_frame", "vit_ssl", "vit_dtg"]
+            + [f"teacher_knn_{t}" for t in TEACHERS])
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -315,6 +317,7 @@ class Study:
         """Every entry's record for ``seed`` (``only``: just those entries); past the plan's first
         ``side_seeds`` seeds, the headline entries only."""
         s, action, plan = self.sizes, self.action["path"], self.plan
+        full = plan.full_label_epochs > 0
         fewer = {}
         for f in plan.video_fractions:
             fewer[fraction_name("ssl", f)] = lambda f=f: self.pretrain_entry(fraction_name("ssl", f), seed, [],
@@ -323,15 +326,14 @@ class Study:
                 fraction_name("dtg", f), seed, synth_teachers(s, action), "adaptive", video_fraction=f)
         jobs = {
             "scratch": lambda: self.scratch_entry("scratch", seed),
-            "ssl": lambda: self.pretrain_entry("ssl", seed, [], all_labels=True),
+            "ssl": lambda: self.pretrain_entry("ssl", seed, [], all_labels=full),
             **{grid_name(w): (lambda w=w: self.pretrain_entry(grid_name(w), seed, synth_teachers(s, action, w)))
                for w in plan.grid},
             "dtg_learned": lambda: self.pretrain_entry("dtg_learned", seed, synth_teachers(s, action), "learned"),
             "dtg_adaptive": lambda: self.pretrain_entry("dtg_adaptive", seed, synth_teachers(s, action), "adaptive",
-                                                        all_labels=True),
+                                                        all_labels=full),
             "supervised": lambda: self.joint_entry("supervised", seed, dtg=False),
             "joint_dtg": lambda: self.joint_entry("joint_dtg", seed, dtg=True),
-            "scratch_full": lambda: self.scratch_entry("scratch_full", seed, all_labels=True),
             **fewer,
             "single_frame": lambda: self.scratch_entry("single_frame", seed, frames=1),
             "vit_ssl": lambda: self.pretrain_entry("vit_ssl", seed, [], student=VIT_STUDENT),
@@ -341,6 +343,8 @@ class Study:
         unknown = set(only or []) - set(jobs)
         if unknown:
             raise DtgError(f"unknown study entries: {', '.join(sorted(unknown))} (known: {', '.join(jobs)})")
+        if full:
+            jobs["scratch_full"] = lambda: self.scratch_entry("scratch_full", seed, all_labels=True)
         side = {grid_name(w) for w in plan.grid} | set(SIDE_ENTRIES)
         if seed not in plan.seeds[:plan.side_seeds]:
             jobs = {name: job for name, job in jobs.items() if name not in side}
@@ -439,8 +443,9 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
         rec = study.record(f"teacher_knn_{t}", lambda t=t: study.teacher_entry(t))
         per_seed[f"teacher_knn_{t}"] = {"0": rec}
     for pretrained, full in (("ssl", "ssl_full"), ("dtg_adaptive", "dtg_full")):  # one pre-training, two fine-tunes
-        per_seed[full] = {seed: {**r, "top1": r["full_top1"], "val_top1": r["full_val_top1"]}
-                          for seed, r in per_seed[pretrained].items()}
+        if plan.full_label_epochs:
+            per_seed[full] = {seed: {**r, "top1": r["full_top1"], "val_top1": r["full_val_top1"]}
+                              for seed, r in per_seed[pretrained].items()}
 
     grid = [grid_name(w) for w in plan.grid]
     best_fixed, grid_val = best_on_val(per_seed, grid)

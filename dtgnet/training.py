@@ -208,14 +208,19 @@ class StepModule(torch.nn.Module):
     """Everything trainable (student, heads, classifier, learned teacher weights) behind one forward, so a
     DistributedDataParallel wrapper synchronises all of it."""
 
-    def __init__(self, student: DTGStudent, weighting: torch.nn.Module, teacher_names: list[str]):
+    def __init__(self, student: DTGStudent, weighting: torch.nn.Module, teacher_names: list[str],
+                 reverse: bool = False):
         super().__init__()
         self.student, self.weighting, self.teacher_names = student, weighting, teacher_names
+        self.reverse = reverse  # also embed view a played backwards (loss.reverse_weight)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor | None) -> dict:
         s = self.student
+        f_r = None
         if b is None:
             f_a, f_b = s(a), None
+        elif self.reverse:  # (B, T, 3, H, W) views: flip T
+            f_a, f_b, f_r = s(torch.cat([a, b, a.flip(1)])).chunk(3)  # one pass: (B, D) each
         else:
             f_a, f_b = s(torch.cat([a, b])).chunk(2)  # both views in one pass: (B, D) each
         out = {"weights": self.weighting.weights(), "reg": self.weighting.regulariser()}
@@ -224,6 +229,8 @@ class StepModule(torch.nn.Module):
         if f_b is not None:
             if s.self_head is not None:
                 out["self_a"], out["self_b"] = s.self_head(f_a), s.self_head(f_b)
+                if f_r is not None:
+                    out["self_reversed"] = s.self_head(f_r)
             out["heads_a"] = [s.teacher_heads[n](f_a) for n in self.teacher_names]
             out["heads_b"] = [s.teacher_heads[n](f_b) for n in self.teacher_names]
         return out
@@ -328,7 +335,8 @@ class Trainer:
         total = cfg.optim.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.optim.max_steps) if cfg.optim.max_steps else total
         self.optimizer, self.scheduler = self._optimizer()
-        self.step_module = self._distributed(StepModule(self.model, self.weighting, [t.name for t in self.teachers]))
+        self.step_module = self._distributed(StepModule(self.model, self.weighting, [t.name for t in self.teachers],
+                                                        reverse=cfg.loss.reverse_weight > 0))
         self.forward_model = torch.compile(self.step_module) if cfg.run.compile else self.step_module
         self.step, self.epoch, self.bad_items, self.items_seen = 0, 0, list(self.list_bad), 0
         self.window: dict = {"loss": []}
@@ -513,7 +521,8 @@ class Trainer:
                            [g(u) for u in out["heads_a"]], [g(u) for u in out["heads_b"]], t_a, t_b,
                            out["weights"], cfg.loss.self_weight, cfg.loss.form, cfg.loss.tau, cfg.loss.margin,
                            self.queues if cfg.loss.queue_size else None, cfg.loss.regression_weight,
-                           cfg.loss.relational_weight, cfg.loss.relational_tau)
+                           cfg.loss.relational_weight, cfg.loss.relational_tau, cfg.loss.reverse_weight,
+                           g(out["self_reversed"]) if "self_reversed" in out else None)
             stats["dtg"], stats["self"] = res.total, res.self_term
             stats.update({f"teacher/{t.name}": term for t, term in zip(self.teachers, res.teacher_terms)})
             dtg = res.total + out["reg"]

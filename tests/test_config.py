@@ -33,6 +33,8 @@ def test_yaml_and_overrides(tmp_path):
     (["data.flip=maybe"], "data.flip"),
     (["loss.regression_weight=-0.5"], "loss.regression_weight"),
     (["loss.relational_tau=0"], "loss.relational_tau"),
+    (["loss.reverse_weight=-1"], "loss.reverse_weight"),
+    (["loss.reverse_weight=1", "loss.self_weight=0"], "loss.reverse_weight"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:

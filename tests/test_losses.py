@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from dtgnet.losses import cosine_regression, dtg_loss, info_nce, margin_contrastive, pair_term, relational
+from dtgnet.losses import (cosine_regression, dtg_loss, info_nce, margin_contrastive, pair_term, relational,
+                           reverse_contrast)
 
 
 def naive_info_nce(q, k, tau, extra=None):
@@ -106,3 +107,28 @@ def test_distillation_terms_add_inside_each_weighted_teacher_term():
              + 3.0 * 0.5 * (relational(u_a, t_a, 0.2) + relational(u_b, t_b, 0.2)))
     torch.testing.assert_close(both.teacher_terms[0], base.teacher_terms[0] + extra)
     torch.testing.assert_close(both.total, 0.5 * both.teacher_terms[0])
+
+
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_reverse_contrast_matches_loop(tau):
+    q, k, r = torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)
+    total = 0.0
+    for i in range(5):
+        qi = q[i] / q[i].norm()
+        sims = [float(qi @ (kj / kj.norm())) / tau for kj in k] + [float(qi @ (r[i] / r[i].norm())) / tau]
+        total += -(sims[i] - math.log(sum(math.exp(s) for s in sims)))
+    assert float(reverse_contrast(q, k, r, tau)) == pytest.approx(total / 5, rel=1e-5)
+    # a reversed sequence that looks like its forward one costs more than one that does not
+    assert float(reverse_contrast(k, k, k, tau)) > float(reverse_contrast(k, k, -k, tau))
+
+
+def test_time_arrow_term_adds_to_the_self_term():
+    g = torch.Generator().manual_seed(1)
+    s_a, s_b, s_r, u, t = (torch.randn(4, 6, generator=g) for _ in range(5))
+    w = torch.tensor([1.0])
+    base = dtg_loss(s_a, s_b, [u], [u], [t], [t], w, 0.5)
+    arrow = dtg_loss(s_a, s_b, [u], [u], [t], [t], w, 0.5, reverse=2.0, self_reversed=s_r)
+    torch.testing.assert_close(arrow.self_term, base.self_term + 2.0 * reverse_contrast(s_b, s_a, s_r, 0.1))
+    torch.testing.assert_close(arrow.total - base.total, 0.5 * 2.0 * reverse_contrast(s_b, s_a, s_r, 0.1))
+    with pytest.raises(ValueError, match="reversed view"):
+        dtg_loss(s_a, s_b, [u], [u], [t], [t], w, 0.5, reverse=2.0)

@@ -58,6 +58,26 @@ def test_gradients_reach_student_not_teachers(tiny_synth, tmp_path):
         tr.close()
 
 
+def test_time_arrow_term_embeds_the_reversed_view(tiny_synth, tmp_path):
+    """loss.reverse_weight: view a played backwards goes through the student in the same pass, and its
+    self-term contrast equals the loss function's on those embeddings."""
+    tr = Trainer(tiny_cfg(tiny_synth, tmp_path / "arrow", **{"loss.reverse_weight": 1.0, "data.frames": 4}),
+                 "pretrain", progress=False)
+    try:
+        batch = tr.to_batch(next(iter(tr.loader(0))))
+        tr.model.eval()  # the same batch-norm statistics for every call below
+        with torch.no_grad():
+            out = tr.step_module(batch.a, batch.b)
+            backwards = tr.model.self_head(tr.model(batch.a.flip(1)))
+        torch.testing.assert_close(out["self_reversed"], backwards, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(out["self_reversed"], out["self_a"], atol=1e-3)  # temporal shift sees order
+        tr.model.train()
+        stats = tr.train_step(batch)
+        assert torch.isfinite(stats["self"]) and stats["self"] > 0
+    finally:
+        tr.close()
+
+
 def test_finetune_from_pretrained_and_joint(tiny_synth, tmp_path):
     train(tiny_cfg(tiny_synth, tmp_path / "pre", **{"teachers.0.weight": 0.5}), "pretrain", progress=False)
     ft = train(tiny_cfg(tiny_synth, tmp_path / "ft", **{"data.label_fraction": 0.5}), "finetune",
