@@ -184,6 +184,10 @@ class LossConfig:
     softmax over each video's similarities to the batch's other videos; 0 disables it."""
     relational_tau: float = 0.1
     """Temperature of the relational term's similarity softmax."""
+    segment_weight: float = 0.0
+    """Weight of per-segment alignment inside each teacher term: each of the student's segment features
+    (through head k) against teacher k's embedding of that segment's frame, InfoNCE over the batch's videos at
+    the same position, next to the sequence means; TSN students only; 0 disables it."""
     reverse_weight: float = 0.0
     """Weight of the time-arrow self term: view b's self embedding against view a's, with view a played
     backwards as one more negative, so the student learns the direction of time without labels (one more
@@ -495,6 +499,10 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     _at_least("loss.relational_weight", lo.relational_weight, 0.0)
     _in_range("loss.relational_tau", lo.relational_tau, 0.0, 10.0, low_open=True)
     _at_least("loss.reverse_weight", lo.reverse_weight, 0.0)
+    _at_least("loss.segment_weight", lo.segment_weight, 0.0)
+    if lo.segment_weight > 0 and s.arch != "tsn_r18":
+        raise ConfigError("loss.segment_weight", f"per-segment alignment needs a student with one feature per "
+                                                 f"segment (student.arch=tsn_r18), not {s.arch}")
     if lo.reverse_weight > 0 and lo.self_weight <= 0:
         raise ConfigError("loss.reverse_weight", "the time-arrow term is part of the self term: it needs "
                                                  "loss.self_weight > 0")

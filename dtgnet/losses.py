@@ -90,6 +90,22 @@ def relational(student: Tensor, teacher: Tensor, tau: float) -> Tensor:
     return F.kl_div(log_ps, log_pt, log_target=True, reduction="batchmean")
 
 
+def segment_alignment(student: Tensor, teacher: Tensor, tau: float) -> Tensor:
+    """Per-segment alignment: at each segment position, InfoNCE between the student's segment features and
+    the teacher's embeddings of those segments' frames, the batch's other videos as negatives.
+
+    ``L = mean_s mean_i -log( e^{u_is·t_is/tau} / sum_j e^{u_is·t_js/tau} )``, all L2-normalised.
+
+    Args:
+        student: ``(B, T, D)`` head-k embeddings of each segment.
+        teacher: ``(B, T, D)`` teacher-k embeddings of each segment's frame (no gradient expected).
+        tau: temperature > 0.
+    Returns:
+        Scalar mean over the T positions.
+    """
+    return torch.stack([info_nce(student[:, s], teacher[:, s], tau) for s in range(student.shape[1])]).mean()
+
+
 def reverse_contrast(query: Tensor, positive: Tensor, reversed_: Tensor, tau: float) -> Tensor:
     """Time-arrow contrast: InfoNCE whose negatives are the batch's other videos plus the query's own video
     played backwards, so features that ignore frame order cannot win.
@@ -135,7 +151,8 @@ def dtg_loss(self_a: Tensor | None, self_b: Tensor | None, student_a: list[Tenso
              teacher_a: list[Tensor], teacher_b: list[Tensor], weights: Tensor, self_weight: float,
              form: str = "infonce", tau: float = 0.1, margin: float = 1.0,
              queues: list[Tensor | None] | None = None, regression: float = 0.0, relation: float = 0.0,
-             relation_tau: float = 0.1, reverse: float = 0.0, self_reversed: Tensor | None = None) -> DTGLoss:
+             relation_tau: float = 0.1, reverse: float = 0.0, self_reversed: Tensor | None = None,
+             segment: float = 0.0, segments: tuple[list[Tensor], ...] | None = None) -> DTGLoss:
     """Total DTG loss ``L = w_0 L_0 + sum_k w_k L_k``.
 
     ``L_0`` = :func:`pair_term` between the self-head embeddings of the two views (plain two-view SSL), plus
@@ -143,7 +160,8 @@ def dtg_loss(self_a: Tensor | None, self_b: Tensor | None, student_a: list[Tenso
     ``L_k`` = :func:`pair_term` between the student's head-k embeddings ``u_k`` and teacher k's embeddings
     ``t_k``, cross-view (u_k^a with t_k^b and u_k^b with t_k^a), plus, when their weights are > 0,
     ``regression * 1/2 [R(u_k^a, t_k^a) + R(u_k^b, t_k^b)]`` (:func:`cosine_regression`) and
-    ``relation * 1/2 [S(u_k^a, t_k^a) + S(u_k^b, t_k^b)]`` (:func:`relational`).
+    ``relation * 1/2 [S(u_k^a, t_k^a) + S(u_k^b, t_k^b)]`` (:func:`relational`) and
+    ``segment * 1/2 [A(s_k^a, f_k^a) + A(s_k^b, f_k^b)]`` (:func:`segment_alignment`).
 
     Args:
         self_a, self_b: ``(B, D0)`` self-head embeddings of views a and b, or None.
@@ -156,6 +174,9 @@ def dtg_loss(self_a: Tensor | None, self_b: Tensor | None, student_a: list[Tenso
         relation_tau: temperature of the relational term.
         reverse, self_reversed: weight of the time-arrow term and the ``(B, D0)`` self-head embeddings of view
             a played backwards.
+        segment, segments: weight of per-segment alignment and ``(s^a, s^b, f^a, f^b)``, K tensors each:
+            ``(B, T, D)`` head-k embeddings of each segment and ``(B, T, D_k)`` teacher-k embeddings of each
+            segment's frame, per view.
     """
     k = len(student_a)
     if not (len(student_b) == len(teacher_a) == len(teacher_b) == k) or weights.shape != (k,):
@@ -180,6 +201,12 @@ def dtg_loss(self_a: Tensor | None, self_b: Tensor | None, student_a: list[Tenso
         if relation:
             terms[i] = terms[i] + relation * 0.5 * (relational(student_a[i], teacher_a[i], relation_tau)
                                                     + relational(student_b[i], teacher_b[i], relation_tau))
+        if segment:
+            if segments is None:
+                raise ValueError("per-segment alignment needs the per-segment student and teacher embeddings")
+            s_a, s_b, f_a, f_b = (x[i] for x in segments)
+            terms[i] = terms[i] + segment * 0.5 * (segment_alignment(s_a, f_a, tau)
+                                                   + segment_alignment(s_b, f_b, tau))
     total = self_weight * self_term
     if k:
         total = total + (weights * torch.stack(terms)).sum()

@@ -58,12 +58,16 @@ class TSNResNet18(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, x):
+    def per_segment(self, x):
+        """``(B, T, 3, H, W)`` -> ``(B, T, 512)``: each segment's feature before the average consensus."""
         b, t = x.shape[:2]
         if t != self.frames:
             raise ValueError(f"student built for {self.frames} segments got {t}")
         f = (x.flatten(0, 1) - self.mean) / self.std  # (B*T, 3, H, W)
-        return self.net(f).unflatten(0, (b, t)).mean(1)  # (B, 512)
+        return self.net(f).unflatten(0, (b, t))
+
+    def forward(self, x):
+        return self.per_segment(x).mean(1)  # (B, 512)
 
 
 class Video3D(nn.Module):

@@ -10,8 +10,9 @@ decoding, ``stride`` / ``fps`` subsampling with lookups snapped to the nearest c
 In memory (``run.teacher_cache=true``) the cache is built when a run starts. On disk
 (`dtgnet teacher cache -c CONFIG`, then ``run.teacher_cache_dir``) it is one float16 ``.npy`` per teacher,
 read a clip's rows at a time (not memory-mapped: resident memory stays flat however much is read), plus
-``<name>.json``: the video order, each video's first row, kept frame count and stride, and a key made of the teacher's identity (source, weights, a hash of its parameters), its preprocessing, and
-every video's path, size and modification time. A cache whose key no longer matches is refused, naming what
+``<name>.json``: the video order, each video's first row, kept frame count and stride, and a key made of
+the teacher's identity (source, weights, a hash of its parameters), its preprocessing, and every video's
+path, size and modification time. A cache whose key no longer matches is refused, naming what
 changed. Writing it resumes after an interruption and shards over torchrun ranks like `dtgnet data prepare`.
 """
 from __future__ import annotations
@@ -48,17 +49,23 @@ class TeacherCache:
         self.embed_dim = embed_dim
         self.strides = strides or [1] * len(per_video)
 
+    def _frames(self, i: int, frames: np.ndarray) -> torch.Tensor:
+        """``(T,)`` source frame indices of video ``i`` -> ``(T, D)`` float32, each snapped to the nearest
+        cached frame."""
+        feats = self.per_video[i]
+        if feats is None:
+            raise VideoDecodeError(f"video #{i}", "not in the teacher cache (unreadable when it was built)")
+        kept = np.minimum(np.rint(frames / self.strides[i]).astype(np.int64), len(feats) - 1)
+        return torch.from_numpy(feats[kept].astype(np.float32))
+
     def lookup(self, index: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
-        """``index`` ``(B,)`` video indices, ``frames`` ``(B, T)`` source frame indices -> ``(B, D)`` float32,
-        each frame snapped to the nearest cached one."""
-        rows = []
-        for i, f in zip(index.tolist(), frames.numpy()):
-            feats = self.per_video[i]
-            if feats is None:
-                raise VideoDecodeError(f"video #{i}", "not in the teacher cache (unreadable when it was built)")
-            kept = np.minimum(np.rint(f / self.strides[i]).astype(np.int64), len(feats) - 1)
-            rows.append(torch.from_numpy(feats[kept].astype(np.float32)).mean(0))
-        return torch.stack(rows)  # (B, D)
+        """``index`` ``(B,)`` video indices, ``frames`` ``(B, T)`` source frame indices -> ``(B, D)`` float32:
+        the mean of the frames' embeddings."""
+        return torch.stack([self._frames(i, f).mean(0) for i, f in zip(index.tolist(), frames.numpy())])
+
+    def lookup_frames(self, index: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """As :meth:`lookup`, every frame's embedding: ``(B, T, D)``."""
+        return torch.stack([self._frames(i, f) for i, f in zip(index.tolist(), frames.numpy())])
 
 
 def batch_shapes(n: int, full: int) -> list[int]:

@@ -64,10 +64,15 @@ class Teacher(nn.Module):
             return run(x).flatten(1).float()
 
     @torch.no_grad()
+    def per_frame(self, seq: torch.Tensor) -> torch.Tensor:
+        """``seq``: ``(B, T, 3, H, W)`` in [0, 1] -> ``(B, T, D)``: every frame's embedding."""
+        b, t = seq.shape[:2]
+        return self.embed_frames(seq.flatten(0, 1)).unflatten(0, (b, t))
+
+    @torch.no_grad()
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """``seq``: ``(B, T, 3, H, W)`` in [0, 1] -> ``(B, D)``: mean over the sequence's frame embeddings."""
-        b, t = seq.shape[:2]
-        return self.embed_frames(seq.flatten(0, 1)).unflatten(0, (b, t)).mean(1)  # (B, D)
+        return self.per_frame(seq).mean(1)  # (B, D)
 
 
 # ------------------------------------------------------------------------------------------ encoders

@@ -209,20 +209,26 @@ class StepModule(torch.nn.Module):
     DistributedDataParallel wrapper synchronises all of it."""
 
     def __init__(self, student: DTGStudent, weighting: torch.nn.Module, teacher_names: list[str],
-                 reverse: bool = False):
+                 reverse: bool = False, segments: bool = False):
         super().__init__()
         self.student, self.weighting, self.teacher_names = student, weighting, teacher_names
         self.reverse = reverse  # also embed view a played backwards (loss.reverse_weight)
+        self.segments = segments  # also the teacher heads of each segment (loss.segment_weight)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor | None) -> dict:
         s = self.student
-        f_r = None
+        f_r = steps = None
         if b is None:
             f_a, f_b = s(a), None
-        elif self.reverse:  # (B, T, 3, H, W) views: flip T
-            f_a, f_b, f_r = s(torch.cat([a, b, a.flip(1)])).chunk(3)  # one pass: (B, D) each
-        else:
-            f_a, f_b = s(torch.cat([a, b])).chunk(2)  # both views in one pass: (B, D) each
+        else:  # every view in one pass; (B, T, 3, H, W) views, so a backwards is a.flip(1)
+            views = [a, b, a.flip(1)] if self.reverse else [a, b]
+            if self.segments:
+                steps = s.backbone.per_segment(torch.cat(views))  # (V*B, T, D)
+                f = steps.mean(1)
+            else:
+                f = s(torch.cat(views))  # (V*B, D)
+            f_a, f_b, *rest = f.chunk(len(views))
+            f_r = rest[0] if rest else None
         out = {"weights": self.weighting.weights(), "reg": self.weighting.regulariser()}
         if s.classifier is not None:
             out["logits"] = s.classifier(f_a)
@@ -233,6 +239,11 @@ class StepModule(torch.nn.Module):
                     out["self_reversed"] = s.self_head(f_r)
             out["heads_a"] = [s.teacher_heads[n](f_a) for n in self.teacher_names]
             out["heads_b"] = [s.teacher_heads[n](f_b) for n in self.teacher_names]
+        if steps is not None:
+            b_, t = f_a.shape[0], steps.shape[1]
+            for view, x in zip("ab", steps[:2 * b_].chunk(2)):  # (B, T, D) per view
+                out[f"segments_{view}"] = [s.teacher_heads[n](x.flatten(0, 1)).unflatten(0, (b_, t))
+                                           for n in self.teacher_names]
         return out
 
 
@@ -336,7 +347,8 @@ class Trainer:
         self.total_steps = min(total, cfg.optim.max_steps) if cfg.optim.max_steps else total
         self.optimizer, self.scheduler = self._optimizer()
         self.step_module = self._distributed(StepModule(self.model, self.weighting, [t.name for t in self.teachers],
-                                                        reverse=cfg.loss.reverse_weight > 0))
+                                                        reverse=cfg.loss.reverse_weight > 0,
+                                                        segments=cfg.loss.segment_weight > 0))
         self.forward_model = torch.compile(self.step_module) if cfg.run.compile else self.step_module
         self.step, self.epoch, self.bad_items, self.items_seen = 0, 0, list(self.list_bad), 0
         self.window: dict = {"loss": []}
@@ -491,21 +503,32 @@ class Trainer:
         enabled = self.cfg.run.amp and self.device.type == "cuda"
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def _teacher_embeddings(self, batch: Batch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per teacher, ``(B_global, D_k)`` embeddings of views a and b (cached or computed; no gradient)."""
-        if self.caches:
+    def _teacher_embeddings(self, batch: Batch, per_frame: bool = False) -> tuple[list, list, tuple | None]:
+        """Per teacher, ``(B_global, D_k)`` embeddings of views a and b (cached or computed; no gradient);
+        ``per_frame``: also each frame's, ``(B_global, T, D_k)`` per teacher and view, else None."""
+        if per_frame:
+            if self.caches:
+                f_a = [c.lookup_frames(batch.index, batch.frames_a).to(self.device) for c in self.caches]
+                f_b = [c.lookup_frames(batch.index, batch.frames_b).to(self.device) for c in self.caches]
+            else:
+                f_a = [t.per_frame(batch.a) for t in self.teachers]
+                f_b = [t.per_frame(batch.b) for t in self.teachers]
+            t_a, t_b = [f.mean(1) for f in f_a], [f.mean(1) for f in f_b]
+        elif self.caches:
             t_a = [c.lookup(batch.index, batch.frames_a).to(self.device) for c in self.caches]
             t_b = [c.lookup(batch.index, batch.frames_b).to(self.device) for c in self.caches]
         else:
             t_a = [t(batch.a) for t in self.teachers]
             t_b = [t(batch.b) for t in self.teachers]
-        return [gather(t, self.dist, False) for t in t_a], [gather(t, self.dist, False) for t in t_b]
+        every = lambda ts: [gather(t, self.dist, False) for t in ts]  # noqa: E731
+        return every(t_a), every(t_b), (every(f_a), every(f_b)) if per_frame else None
 
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         cfg, pair = self.cfg, batch.b is not None
         g = lambda x: gather(x.float(), self.dist, with_grad=True)  # noqa: E731  every rank sees the global batch
         with self._autocast():
-            t_a, t_b = self._teacher_embeddings(batch) if pair else ([], [])
+            segment = cfg.loss.segment_weight > 0
+            t_a, t_b, frames = self._teacher_embeddings(batch, segment) if pair else ([], [], None)
             if t_a:
                 self.weighting.update(t_a, t_b)
             out = self.forward_model(batch.a, batch.b)
@@ -522,7 +545,9 @@ class Trainer:
                            out["weights"], cfg.loss.self_weight, cfg.loss.form, cfg.loss.tau, cfg.loss.margin,
                            self.queues if cfg.loss.queue_size else None, cfg.loss.regression_weight,
                            cfg.loss.relational_weight, cfg.loss.relational_tau, cfg.loss.reverse_weight,
-                           g(out["self_reversed"]) if "self_reversed" in out else None)
+                           g(out["self_reversed"]) if "self_reversed" in out else None, cfg.loss.segment_weight,
+                           ([g(u) for u in out["segments_a"]], [g(u) for u in out["segments_b"]], *frames)
+                           if segment else None)
             stats["dtg"], stats["self"] = res.total, res.self_term
             stats.update({f"teacher/{t.name}": term for t, term in zip(self.teachers, res.teacher_terms)})
             dtg = res.total + out["reg"]

@@ -35,6 +35,7 @@ def test_yaml_and_overrides(tmp_path):
     (["loss.relational_tau=0"], "loss.relational_tau"),
     (["loss.reverse_weight=-1"], "loss.reverse_weight"),
     (["loss.reverse_weight=1", "loss.self_weight=0"], "loss.reverse_weight"),
+    (["loss.segment_weight=1", "student.arch=r3d_18"], "loss.segment_weight"),
 ])
 def test_bad_values_name_the_key(override, key):
     with pytest.raises(ConfigError) as e:

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dtgnet.losses import (cosine_regression, dtg_loss, info_nce, margin_contrastive, pair_term, relational,
-                           reverse_contrast)
+                           reverse_contrast, segment_alignment)
 
 
 def naive_info_nce(q, k, tau, extra=None):
@@ -132,3 +132,22 @@ def test_time_arrow_term_adds_to_the_self_term():
     torch.testing.assert_close(arrow.total - base.total, 0.5 * 2.0 * reverse_contrast(s_b, s_a, s_r, 0.1))
     with pytest.raises(ValueError, match="reversed view"):
         dtg_loss(s_a, s_b, [u], [u], [t], [t], w, 0.5, reverse=2.0)
+
+
+def test_segment_alignment_matches_loop():
+    u, t = torch.randn(4, 3, 6), torch.randn(4, 3, 6)
+    per_position = [naive_info_nce(u[:, s], t[:, s], 0.2) for s in range(3)]
+    assert float(segment_alignment(u, t, 0.2)) == pytest.approx(sum(per_position) / 3, rel=1e-5)
+
+
+def test_segment_term_adds_inside_each_weighted_teacher_term():
+    g = torch.Generator().manual_seed(2)
+    u_a, u_b, t_a, t_b = (torch.randn(4, 6, generator=g) for _ in range(4))
+    s_a, s_b, f_a, f_b = (torch.randn(4, 3, 6, generator=g) for _ in range(4))
+    w = torch.tensor([0.5])
+    base = dtg_loss(None, None, [u_a], [u_b], [t_a], [t_b], w, 0.0)
+    seg = dtg_loss(None, None, [u_a], [u_b], [t_a], [t_b], w, 0.0, segment=2.0, segments=([s_a], [s_b], [f_a], [f_b]))
+    extra = 2.0 * 0.5 * (segment_alignment(s_a, f_a, 0.1) + segment_alignment(s_b, f_b, 0.1))
+    torch.testing.assert_close(seg.teacher_terms[0], base.teacher_terms[0] + extra)
+    with pytest.raises(ValueError, match="per-segment"):
+        dtg_loss(None, None, [u_a], [u_b], [t_a], [t_b], w, 0.0, segment=2.0)

@@ -78,6 +78,28 @@ def test_time_arrow_term_embeds_the_reversed_view(tiny_synth, tmp_path):
         tr.close()
 
 
+@pytest.mark.parametrize("cached", [False, True])
+def test_per_segment_alignment_pairs_each_segment_with_its_frame(tiny_synth, tmp_path, cached):
+    """loss.segment_weight: the teacher heads see every segment, the teachers (online or cached) every
+    frame, and the sequence embeddings stay the means of those frames."""
+    cfg = tiny_cfg(tiny_synth, tmp_path / "seg", **{"loss.segment_weight": 1.0, "data.frames": 3,
+                                                  "run.teacher_cache": cached})
+    tr = Trainer(cfg, "pretrain", progress=False)
+    try:
+        batch = tr.to_batch(next(iter(tr.loader(0))))
+        t_a, t_b, (f_a, f_b) = tr._teacher_embeddings(batch, per_frame=True)
+        assert f_a[0].shape == (4, 3, t_a[0].shape[1])
+        torch.testing.assert_close(f_a[0].mean(1), t_a[0])
+        plain_a, _, _ = tr._teacher_embeddings(batch)
+        torch.testing.assert_close(t_a[0], plain_a[0], rtol=1e-5, atol=1e-6)
+        out = tr.step_module(batch.a, batch.b)
+        assert out["segments_a"][0].shape == (4, 3, out["heads_a"][0].shape[1])
+        stats = tr.train_step(batch)
+        assert torch.isfinite(stats["teacher/imagenet"])
+    finally:
+        tr.close()
+
+
 def test_finetune_from_pretrained_and_joint(tiny_synth, tmp_path):
     train(tiny_cfg(tiny_synth, tmp_path / "pre", **{"teachers.0.weight": 0.5}), "pretrain", progress=False)
     ft = train(tiny_cfg(tiny_synth, tmp_path / "ft", **{"data.label_fraction": 0.5}), "finetune",
