@@ -100,7 +100,8 @@ PLANS = {
     "quick": StudyPlan(Sizes("smoke", frames=4, size=32, batch_size=16, pretrain_epochs=1, finetune_epochs=2,
                              single_frame_epochs=2, teacher_input=64, label_fraction=0.5, max_steps=2),
                        seeds=(0, 1), side_seeds=2, full_label_epochs=1, video_fractions=(0.5,)),
-    "full": StudyPlan(Sizes("study", frames=4, size=32, batch_size=24, pretrain_epochs=8, finetune_epochs=30,
+    # 16 pre-training epochs: chosen on val over 8 (docs/results, "What was tried")
+    "full": StudyPlan(Sizes("study", frames=4, size=32, batch_size=24, pretrain_epochs=16, finetune_epochs=30,
                             single_frame_epochs=30, teacher_input=96)),
 }
 SIDE_ENTRIES = ("dtg_learned", "single_frame", "vit_ssl", "vit_dtg")
@@ -125,6 +126,14 @@ def entry_names(plan: StudyPlan) -> list[str]:
     return (["scratch", "ssl", *fixed[:3], "dtg_best_fixed", *fixed[3:], "dtg_learned", "dtg_adaptive",
              "supervised", "joint_dtg", *full, *fewer, "single_frame", "vit_ssl", "vit_dtg"]
             + [f"teacher_knn_{t}" for t in TEACHERS])
+
+
+def same_steps(epochs: int, batch: int, every: int, kept: int, max_steps: int) -> tuple[int, int]:
+    """``(epochs, max_steps)`` that train on ``kept`` videos for as many steps as ``epochs`` over ``every``
+    videos do (whole batches only, as the loader drops the last partial one); ``max_steps``: an existing cap
+    (0: none)."""
+    steps = epochs * (every // batch)
+    return math.ceil(steps / max(1, kept // batch)), min(max_steps or steps, steps)
 
 
 # ------------------------------------------------------------------------------------------ statistics
@@ -256,8 +265,10 @@ class Study:
         pre = pretrain_config(base, self.runs, f"{name}_s{seed}_pretrain", teachers, self.sizes)
         pre.loss.weighting = weighting
         if video_fraction < 1:  # fewer videos, as many steps: the entries differ in data, not in compute
-            pre.data.train_list = str(self._video_subset(seed, video_fraction))
-            pre.optim.epochs = round(pre.optim.epochs / video_fraction)
+            subset, kept, every = self._video_subset(seed, video_fraction)
+            pre.data.train_list = str(subset)
+            o = pre.optim
+            o.epochs, o.max_steps = same_steps(o.epochs, o.batch_size, every, kept, o.max_steps)
         validate(pre)
         metrics = train(pre, "pretrain", force=True, progress=self.progress)
         weights = str(Path(pre.run.out) / "student.safetensors")
@@ -272,9 +283,10 @@ class Study:
         self._tidy(pre)
         return record
 
-    def _video_subset(self, seed: int, fraction: float) -> Path:
-        """A training list of ``fraction`` of every class's videos, drawn with ``seed``; the fractions of one
-        seed are nested (1/8 inside 1/4 inside 1/2), so the curve measures more data, not other data."""
+    def _video_subset(self, seed: int, fraction: float) -> tuple[Path, int, int]:
+        """A training list of ``fraction`` of every class's videos, drawn with ``seed``, and its and the full
+        list's lengths; the fractions of one seed are nested (1/8 inside 1/4 inside 1/2), so the curve
+        measures more data, not other data."""
         train_list = self.data_dir / "train.txt"
         lines = train_list.read_text().splitlines()
         labels = np.array([int(line.rsplit(maxsplit=1)[1]) for line in lines])
@@ -285,7 +297,7 @@ class Study:
         path = self.out / "lists" / f"train_{fraction_name('videos', fraction)}_s{seed}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(lines[i] + "\n" for i in sorted(keep)))
-        return path
+        return path, len(keep), len(lines)
 
     def scratch_entry(self, name: str, seed: int, frames: int | None = None, all_labels: bool = False) -> dict:
         return self._scored(self._finetune(self.base(seed), f"{name}_s{seed}", None, frames, all_labels))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dtgnet.study import (PLANS, best_on_val, check_targets, entry_names, entry_stats, label_gap_share, paired,
-                          summarise)
+                          same_steps, summarise)
 
 KEYS = [f"{m}_{k}" for m in ("top1", "knn", "r1") for k in ("mean", "ci95", "seeds")]
 
@@ -67,6 +67,13 @@ def test_check_targets():
     # +6 points on average, but the seeds disagree: the paired interval includes 0
     study["ssl"] = {**entry(40), "top1_seeds": [40 + d for d in (-10, 8, -9, 9, 2)]}
     assert not {t["target"]: t for t in check_targets(study, "dtg_x")}["dtg_x >= ssl + 5"]["met"]
+
+
+def test_fewer_videos_train_as_many_steps():
+    # 480 videos at batch 24: 20 steps an epoch, 320 in 16 epochs; 60 videos give 2 whole batches an epoch
+    assert same_steps(16, 24, 480, 60, 0) == (160, 320)
+    assert same_steps(16, 24, 480, 240, 0) == (32, 320)
+    assert same_steps(1, 16, 32, 16, 2) == (2, 2)  # an existing cap is kept
 
 
 def test_paired_differences_and_the_label_gap_share():
