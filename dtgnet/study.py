@@ -366,8 +366,10 @@ class Study:
 # ------------------------------------------------------------------------------------------ the study
 
 def best_on_val(per_seed: dict[str, dict[str, dict]], names: list[str]) -> tuple[str, dict[str, float]]:
-    """The name with the highest mean val top-1, and every name's mean val top-1."""
-    val = {n: float(np.mean([r["val_top1"] for r in per_seed[n].values()])) for n in names}
+    """The name with the highest mean val top-1, and every name's mean val top-1, over the seeds every name
+    has (a 5-seed entry is not compared on seeds a 3-seed one never saw)."""
+    shared = set.intersection(*(set(per_seed[n]) for n in names))
+    val = {n: float(np.mean([per_seed[n][s]["val_top1"] for s in sorted(shared)])) for n in names}
     return max(names, key=lambda n: val[n]), val
 
 

@@ -38,6 +38,8 @@ def test_best_on_val_ignores_test():
     per_seed = {"a": {"0": {"val_top1": 0.6, "top1": 0.1}}, "b": {"0": {"val_top1": 0.4, "top1": 0.9}}}
     best, val = best_on_val(per_seed, ["a", "b"])
     assert best == "a" and val == {"a": 0.6, "b": 0.4}
+    per_seed["b"]["1"] = {"val_top1": 0.9}  # a seed "a" does not have: not part of the comparison
+    assert best_on_val(per_seed, ["a", "b"]) == ("a", {"a": 0.6, "b": 0.4})
 
 
 def test_check_targets():
