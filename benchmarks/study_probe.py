@@ -38,6 +38,8 @@ def main() -> None:
                    help="also print test top-1 (mean and 95 %% interval): only for a change already chosen on val")
     p.add_argument("--joint-unlabelled", action="store_true",
                    help="joint entries also train the DTG term on the unlabelled videos (data.joint_unlabelled)")
+    p.add_argument("--joint-epochs", type=int, default=0,
+                   help="with --joint-unlabelled: passes over the unlabelled videos (the study's default: 4)")
     args = p.parse_args()
     plan = PLANS["full"]
     # the 10 %-label protocol only: a probe compares a change on val, not the study's other protocols
@@ -49,6 +51,8 @@ def main() -> None:
         changes["finetune_head_lr_scale"] = args.finetune_head_scale
     if args.joint_unlabelled:
         changes["joint_unlabelled"] = True
+    if args.joint_epochs:
+        changes["joint_epochs"] = args.joint_epochs
     if args.pretrain_epochs:
         changes["sizes"] = dataclasses.replace(plan.sizes, pretrain_epochs=args.pretrain_epochs)
     plan = dataclasses.replace(plan, **changes)
