@@ -99,10 +99,12 @@ PLANS = {
     # the outputs, not the numbers)
     "quick": StudyPlan(Sizes("smoke", frames=4, size=32, batch_size=16, pretrain_epochs=1, finetune_epochs=2,
                              single_frame_epochs=2, teacher_input=64, label_fraction=0.5, max_steps=2),
-                       seeds=(0, 1), side_seeds=2, full_label_epochs=1, video_fractions=(0.5,)),
-    # 16 pre-training epochs: chosen on val over 8 (docs/results, "What was tried")
+                       seeds=(0, 1), side_seeds=2, full_label_epochs=1, video_fractions=(0.5,), joint_unlabelled=True,
+                       joint_epochs=1),
+    # chosen on val (docs/results, "What was tried"): 16 pre-training epochs over 8; joint training with the
+    # DTG term on the unlabelled videos too, 12 passes over them
     "full": StudyPlan(Sizes("study", frames=4, size=32, batch_size=24, pretrain_epochs=16, finetune_epochs=30,
-                            single_frame_epochs=30, teacher_input=96)),
+                            single_frame_epochs=30, teacher_input=96), joint_unlabelled=True, joint_epochs=12),
 }
 SIDE_ENTRIES = ("dtg_learned", "single_frame", "vit_ssl", "vit_dtg")
 """Run with ``side_seeds`` seeds, like the weight-grid points."""
@@ -393,10 +395,11 @@ def label_gap_share(study: dict, name: str) -> float | None:
     return 100 * (study[name]["top1_mean"] - lo) / (hi - lo) if hi > lo else None
 
 
-def check_targets(study: dict, dtg: str) -> list[dict]:
+def check_targets(study: dict, dtg: str, supervised: str = "supervised") -> list[dict]:
     """The targets, each on the test split's means and on the paired per-seed differences. A target with a
     positive margin needs the mean difference to reach it and the paired 95 % interval to exclude 0; one
-    with a margin of 0 or below needs the mean difference only."""
+    with a margin of 0 or below needs the mean difference only. ``supervised``: the supervised entry joint
+    training is held against (the better of the two supervised recipes on val)."""
 
     def target(text: str, a: str, b: str, margin: float, metric: str = "top1") -> dict:
         gap, ci, n = paired(study, a, b, metric)
@@ -420,7 +423,7 @@ def check_targets(study: dict, dtg: str) -> list[dict]:
         out += [target("dtg_1of4 >= ssl on every video (kNN)", "dtg_1of4", "ssl", 0, "knn"),
                 target("dtg_1of4 >= ssl on every video (top-1)", "dtg_1of4", "ssl", 0)]
     return out + [
-        target("joint_dtg >= supervised + 3", "joint_dtg", "supervised", 3),
+        target(f"joint_dtg >= {supervised} + 3 (the better supervised recipe on val)", "joint_dtg", supervised, 3),
         target("dtg_adaptive >= dtg_best_fixed - 1", "dtg_adaptive", "dtg_best_fixed", -1),
         target("vit_dtg >= vit_ssl (the method carries over to a ViT student)", "vit_dtg", "vit_ssl", 0),
     ]
@@ -465,6 +468,9 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
     best_fixed, grid_val = best_on_val(per_seed, grid)
     per_seed["dtg_best_fixed"] = per_seed[best_fixed]
     dtg, dtg_val = best_on_val(per_seed, grid + ["dtg_learned", "dtg_adaptive"])
+    # joint training is held against supervised training with the same labels at its best: the fine-tune
+    # recipe (scratch) or the joint recipe without L_DTG, whichever is better on val
+    supervised, _ = best_on_val(per_seed, ["scratch", "supervised"])
     results = {name: entry_stats(per_seed[name]) for name in entry_names(plan)}
     meta = {
         "command": command, "seconds": round(sum(study.timings.values()), 1),
@@ -476,7 +482,7 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
         "data": {k: study.synth[k] for k in ("preset", "classes", "videos", "stills")},
         "action_teacher": {k: study.action[k] for k in ("train_acc", "val_acc")},
         "best_fixed": best_fixed, "grid_val_top1": grid_val, "dtg": dtg, "dtg_val_top1": dtg_val,
-        "targets": check_targets(results, dtg),
+        "supervised_baseline": supervised, "targets": check_targets(results, dtg, supervised),
         "per_seed": per_seed,
     }
     _write_json(out / "study.json", results)
