@@ -135,7 +135,7 @@ class NpyRows:
                 self.offset = f.tell()
         except (OSError, ValueError) as e:
             raise DataError(f"{self.path}: not a readable .npy ({e}); {redo}") from None
-        self.rows, self.row_shape = shape[0], shape[1:]
+        self.num_rows, self.row_shape = shape[0], shape[1:]
         self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
         self.fd = -1
 

@@ -12,7 +12,7 @@ def test_rows_read_like_numpy_and_survive_pickling(tmp_path):
     table = np.arange(7 * 3 * 2, dtype=np.float16).reshape(7, 3, 2)
     np.save(tmp_path / "t.npy", table)
     rows = NpyRows(tmp_path / "t.npy", "write it again")
-    assert rows.rows == 7 and rows.row_shape == (3, 2) and rows.dtype == np.float16
+    assert rows.num_rows == 7 and rows.row_shape == (3, 2) and rows.dtype == np.float16
     np.testing.assert_array_equal(rows.span(2, 4), table[2:6])
     np.testing.assert_array_equal(rows.take(np.array([6, 0, 3, 3])), table[[6, 0, 3, 3]])
     worker = pickle.loads(pickle.dumps(rows))  # a spawned DataLoader worker opens the file itself
