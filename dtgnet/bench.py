@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .config import DataConfig, TeacherConfig, to_dict, validate
-from .data.dataset import VideoDataset
+from .data.dataset import VideoDataset, collate_views
 from .data.lists import load_split
 from .data.prepare import PreparedReader, prepare
 from .data.synth import SynthPreset, generate, write_pattern_video
@@ -89,6 +89,7 @@ def _loader_rate(videos, reader, cfg, batches: int, decoder_scaling: bool = True
         ds.decode_short_side = None
     workers = cfg.data.workers
     loader = DataLoader(ds, batch_size=cfg.optim.batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                        collate_fn=collate_views,
                         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(0))
 
     def batches_forever():

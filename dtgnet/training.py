@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Sampler
 from .checkpoint import (config_hash, load_checkpoint, load_newest_readable, rng_state, save_rotating,
                          set_rng_state)
 from .config import Config, labelled_per_batch, save_config, to_dict
-from .data.dataset import VideoDataset, finish_views, stratified_subset
+from .data.dataset import VideoDataset, collate_views, finish_views, stratified_subset
 from .data.prepare import reader_for
 from .data.video import get_reader
 from .data.lists import VideoList, load_split
@@ -569,7 +569,7 @@ class Trainer:
         if self._dataloader is None:
             nw = self.cfg.data.workers
             self._dataloader = DataLoader(self.dataset, batch_size=self.local_batch, sampler=self.sampler,
-                                          num_workers=nw, drop_last=True, pin_memory=self.device.type == "cuda",
+                                          collate_fn=collate_views, num_workers=nw, drop_last=True, pin_memory=self.device.type == "cuda",
                                           persistent_workers=nw > 0, prefetch_factor=4 if nw else None,
                                           worker_init_fn=_worker_exits_quietly if nw else None,
                                           # its own generator: starting an epoch must not draw from the global
@@ -595,8 +595,9 @@ class Trainer:
     def to_batch(self, raw: dict) -> Batch:
         nb = self.device.type == "cuda"
         a, b = finish_views(raw, self.device, nb)
-        return Batch(a, b, raw["label"].to(self.device, non_blocking=nb), raw["index"], raw["frames_a"],
-                     raw.get("frames_b"))
+        frames = torch.from_numpy(raw["frames"])  # (V, B, T)
+        return Batch(a, b, torch.from_numpy(raw["label"]).to(self.device, non_blocking=nb),
+                     torch.from_numpy(raw["index"]), frames[0], frames[1] if len(frames) > 1 else None)
 
     def _count_bad(self, raw: dict | None) -> bool:
         """Count the batch's unreadable items (stop past ``data.max_bad_fraction``) and say whether a
@@ -704,7 +705,7 @@ class Trainer:
                 else:
                     out = self.train_step(self.to_batch(raw))
                 self.step += 1
-                window["clips"] += len(raw["index"]) * (2 if "b" in raw else 1) * self.dist.world
+                window["clips"] += raw["views"].shape[:2].numel() * self.dist.world
                 window["loss"].append(out["loss"])
                 if self.teachers:  # every step's effective weights, read back at the next log step
                     window["weights"].append(self.weighting.weights().detach())

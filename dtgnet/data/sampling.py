@@ -1,15 +1,25 @@
 """Which frame indices make a sequence: TSN segments (2D students) or contiguous strided clips (3D)."""
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
+
+
+@lru_cache(maxsize=4096)
+def _segments(num_frames: int, segments: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start, width) of each of ``segments`` equal segments of ``[0, num_frames)``; read-only, shared."""
+    edges = np.linspace(0, num_frames, segments + 1)  # (segments + 1,)
+    lo, width = edges[:-1], np.diff(edges)
+    lo.flags.writeable = width.flags.writeable = False
+    return lo, width
 
 
 def tsn_indices(num_frames: int, segments: int, rng: np.random.Generator | None = None,
                 clip: int = 0, clips: int = 1) -> np.ndarray:
     """One frame per segment of ``[0, num_frames)``: random inside each segment when ``rng`` is given
     (training), else at position ``(clip + 0.5) / clips`` of every segment (deterministic evaluation)."""
-    edges = np.linspace(0, num_frames, segments + 1)  # (segments + 1,)
-    lo, width = edges[:-1], np.diff(edges)
+    lo, width = _segments(num_frames, segments)
     if rng is not None:
         pos = lo + rng.random(segments) * width
     else:

@@ -3,9 +3,9 @@ import os
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, default_collate
 
-from dtgnet.data.dataset import VideoDataset, finish_views, stratified_subset
+from dtgnet.data.dataset import VideoDataset, collate_views, finish_views, stratified_subset
 from dtgnet.data.transforms import apply_colour
 from dtgnet.data.lists import parse_list, read_classes
 from dtgnet.data.sampling import clip_indices, tsn_indices
@@ -19,6 +19,15 @@ def test_tsn_indices_one_per_segment():
         assert all(10 * s <= i < 10 * (s + 1) for s, i in enumerate(idx))
     assert tsn_indices(40, 4).tolist() == [5, 15, 25, 35]
     assert tsn_indices(3, 8).max() <= 2  # short video: indices stay valid
+
+
+def test_tsn_indices_with_cached_segments_draw_as_computed_afresh():
+    for n, segments in [(40, 4), (97, 8), (3, 8), (1000, 16)]:
+        edges = np.linspace(0, n, segments + 1)
+        rng, fresh = np.random.default_rng(n), np.random.default_rng(n)
+        for _ in range(3):
+            expect = np.minimum((edges[:-1] + fresh.random(segments) * np.diff(edges)).astype(np.int64), n - 1)
+            assert np.array_equal(tsn_indices(n, segments, rng), expect)
 
 
 def test_clip_indices_stride_and_eval_clips():
@@ -36,14 +45,36 @@ def test_pair_dataset_items(video_dir, tmp_path):
     item = ds[0]
     assert item["a"].shape == item["b"].shape == (3, 3, 16, 16)
     assert item["a"].dtype == torch.uint8 and item["colour_a"].shape == (5,)
-    a, b = finish_views(default_collate([item]), torch.device("cpu"))
-    assert a.shape == (1, 3, 3, 16, 16) and a.dtype == torch.float32 and 0 <= a.min() and a.max() <= 1
+    a, b = finish_views(collate_views([item]), torch.device("cpu"))
+    assert a.shape == b.shape == (1, 3, 3, 16, 16) and a.dtype == torch.float32 and 0 <= a.min() and a.max() <= 1
     assert torch.equal(a[0], apply_colour(item["a"][None], item["colour_a"][None])[0])
     assert item["bad"] == "" and item["label"] == 0
     again = VideoDataset(videos, "pair", frames=3, size=16, seed=1)[0]
     assert torch.equal(item["a"], again["a"])  # reproducible from the seed
     ev = VideoDataset(videos, "eval", frames=3, size=16, clips=2)[1]
     assert ev["clips"].shape == (2, 3, 3, 16, 16)
+
+
+@pytest.mark.parametrize("mode", ["pair", "single"])
+def test_batches_from_workers_hold_the_items_exactly(video_dir, tmp_path, mode):
+    """collate_views packs a batch differently from torch's default collation; what training gets from it
+    through worker processes must be the same numbers, bit for bit."""
+    videos = parse_list(tmp_path / "good.txt", video_dir, read_classes(tmp_path / "classes.txt"))
+    ds = VideoDataset(videos, mode, frames=3, size=16, seed=1)
+    names = ("a", "b") if mode == "pair" else ("a",)
+    loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_views, drop_last=True)
+    batches = 0
+    for k, raw in enumerate(loader):
+        ref = default_collate([ds[i] for i in range(2 * k, 2 * k + 2)])  # the loader reads in order
+        views = finish_views(raw, torch.device("cpu"))
+        for v, name in enumerate(names):
+            assert torch.equal(views[v], apply_colour(ref[name], ref[f"colour_{name}"]))
+            assert np.array_equal(raw["frames"][v], ref[f"frames_{name}"].numpy())
+        assert (views[1] is None) == (mode == "single")
+        assert raw["label"].tolist() == ref["label"].tolist() and raw["index"].tolist() == ref["index"].tolist()
+        assert raw["bad"] == ref["bad"]
+        batches += 1
+    assert batches == len(ds) // 2 > 0
 
 
 def test_bad_items_are_replaced_and_reported(video_dir, tmp_path):

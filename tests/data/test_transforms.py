@@ -3,7 +3,8 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from dtgnet.data.transforms import IDENTITY, apply_colour, crop_box, random_colour, random_geometry, shift_hue
+from dtgnet.data.transforms import (IDENTITY, apply_colour, crop_box, random_colour, random_geometry, resized_crop,
+                                     shift_hue)
 
 
 def naive_colour(seq: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -60,6 +61,17 @@ def test_geometry_is_one_crop_for_every_frame_and_views_differ():
         assert v.shape == (6, 3, 24, 24) and v.dtype == torch.uint8
         assert torch.equal(v, v[:1].expand_as(v))
     assert any(not torch.equal(views[0], v) for v in views[1:])
+
+
+def test_resized_crop_is_torchvisions_bit_for_bit():
+    """The direct kernel call must not change a single pixel of what torchvision's resized_crop gives."""
+    rng = np.random.default_rng(0)
+    frames = torch.from_numpy(rng.integers(0, 256, (4, 37, 53, 3), dtype=np.uint8)).permute(0, 3, 1, 2)
+    for _ in range(50):
+        box = crop_box(rng, 37, 53)
+        for size in (16, 32, 48):
+            assert torch.equal(resized_crop(frames, *box, size), F.resized_crop(frames, *box, [size, size], antialias=True))
+    assert torch.equal(resized_crop(frames, 0, 0, 32, 32, 32), frames[..., :32, :32])
 
 
 def test_colour_is_one_draw_for_every_frame():
