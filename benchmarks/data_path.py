@@ -59,7 +59,7 @@ def main() -> None:
               f"data.size={args.size}", f"teachers.0.input_size={args.teacher_size}"]
     workers = [] if args.workers < 0 or args.pythonpath else ["--workers", str(args.workers)]
     dtgnet = [sys.executable, "-m", "dtgnet"]
-    _, base, _ = measure([sys.executable, "-c", "import torch, torchvision, dtgnet.cli, dtgnet.teacher_cache"], env)
+    _, base, _ = measure([sys.executable, "-c", "import torch, dtgnet.cli, dtgnet.teacher_cache"], env)
     print(f"{args.videos} x {args.seconds:g} s at {args.width}x{args.height}, 25 fps ({frames} frames); "
           f"baseline interpreter {base:.0f} MiB")
     for stage, cmd in (("prepare", [*dtgnet, "data", "prepare", *common, "--out", str(work / "prep"),

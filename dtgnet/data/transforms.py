@@ -18,7 +18,6 @@ import platform
 import numpy as np
 import torch
 from torch.nn.functional import interpolate
-from torchvision.transforms.v2 import functional as F
 
 CROP_SCALE, CROP_RATIO = (0.35, 1.0), (3 / 4, 4 / 3)
 JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.3, hue=0.1)
@@ -48,6 +47,14 @@ def crop_box(rng: np.random.Generator, height: int, width: int) -> tuple[int, in
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def _tv():
+    """torchvision's functional ops, imported when first used: importing torchvision loads torch._dynamo
+    (about 1.7 s), which every `dtgnet` command paid at start-up, even those that never resize a frame here."""
+    from torchvision.transforms.v2 import functional
+
+    return functional
+
+
 # torchvision resizes uint8 natively where torch has a vectorised uint8 kernel, else through float32; the
 # crop below calls that kernel directly (same result, without torchvision's per-call dispatch: a third of
 # a prepared-data item's time went to it)
@@ -62,7 +69,7 @@ def resized_crop(frames: torch.Tensor, top: int, left: int, h: int, w: int, size
     if (h, w) == (size, size):
         return crop
     if frames.device.type != "cpu" or not _NATIVE_UINT8_RESIZE:
-        return F.resize(crop, [size, size], antialias=True)
+        return _tv().resize(crop, [size, size], antialias=True)
     return interpolate(crop, size=[size, size], mode="bilinear", align_corners=False, antialias=True)
 
 
@@ -122,6 +129,7 @@ def apply_colour(frames: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
 
 def eval_view(frames: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 ``(T, 3, H, W)`` -> float ``(T, 3, size, size)``: short side to ``size``, central crop."""
+    F = _tv()
     out = F.center_crop(F.resize(frames, size, antialias=True), [size, size])
     return F.to_dtype(out, torch.float32, scale=True)
 
