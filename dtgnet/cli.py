@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--quick", action="store_true", help="smoke size: two seeds, two steps per run (a few minutes)")
     study.add_argument("--force", action="store_true", help="overwrite an existing output directory")
     study.add_argument("--resume", action="store_true", help="continue a study in --out, skipping finished runs")
+    study.add_argument("--interim", action="store_true",
+                       help="train nothing: report on the seeds of the study in --out that have finished every "
+                            "entry (while it runs on, or after it stopped)")
     demo = sub.add_parser("demo", help="the whole method on the embedded SynthActions benchmark",
                           description="Generate SynthActions, train the action teacher, DTG and SSL pre-train, "
                                       "fine-tune on 10%% of the labels, evaluate, write results.json and a report.")
@@ -361,9 +364,14 @@ def _cmd_study(args) -> int:
     plan = PLANS["quick" if args.quick else "full"]
     if args.overrides:
         plan = dataclasses.replace(plan, overrides=tuple(args.overrides))
-    r = run_study(args.out, force=args.force, resume=args.resume, plan=plan, command="dtgnet " + shlex.join(args.argv))
+    if args.interim and (args.force or args.resume):
+        raise DtgError("--interim reports on a study as it stands: it takes neither --force nor --resume")
+    r = run_study(args.out, force=args.force, resume=args.resume, plan=plan, interim=args.interim,
+                  command="dtgnet " + shlex.join(args.argv))
     meta = r["meta"]
-    print(f"study done: {meta['seconds'] / 60:.1f} min of runs -> {args.out}/study.json, study.md, study.png")
+    done = (f"interim report on seeds {', '.join(map(str, meta['interim_seeds']))}" if meta["interim_seeds"] else
+            "study done")
+    print(f"{done}: {meta['seconds'] / 60:.1f} min of runs -> {args.out}/study.json, study.md, study.png")
     for t in meta["targets"]:
         gap = (f"{t['gap']:+.1f} points" if t["paired_ci95"] else "no label gap" if t["gap"] is None else
                f"{t['gap']:.0f} % of the gap")

@@ -222,8 +222,12 @@ def write_study_report(out: Path, results: dict, meta: dict) -> None:
         _efficiency_plot(out / "study_efficiency.png", results, fractions)
     plan, sizes, m = meta["plan"], meta["plan"]["sizes"], meta["machine"]
     minutes = meta["seconds"] / 60
+    interim = meta.get("interim_seeds")
     lines = [
         "# DTG-Net efficacy study on SynthActions", "",
+        *([f"**Interim report**: seeds {', '.join(map(str, interim))} of {', '.join(map(str, plan['seeds']))} "
+           f"have finished every entry. The study is not finished; everything below uses those seeds only.",
+           ""] if interim else []),
         f"- Command: `{meta['command']}`" if meta["command"] else "- Command: (called from Python)",
         f"- Machine: {m['device']}, {m['threads']} torch threads, {m['cpus']} CPUs, {m['platform']}, "
         f"torch {m['torch']}",

@@ -173,6 +173,9 @@ class Study:
         self.device = pick_device("auto")
         self.timings: dict[str, float] = {}
 
+    def finished(self, name: str) -> bool:
+        return (self.out / "records" / f"{name}.json").is_file()
+
     def record(self, name: str, fn):
         """``fn()``'s JSON result, computed once: stored under ``records/`` with its time, reused on resume."""
         path = self.out / "records" / f"{name}.json"
@@ -193,20 +196,23 @@ class Study:
         self.action = self.record("action_teacher", lambda: train_action_teacher(
             self.data_dir / "stills", self.out / "teachers" / "action.safetensors", input_size=s.teacher_input,
             seed=0, progress=self.progress))
-        probe = base_config(self.data_dir, s, 0)
-        lists = [load_split(probe.data, subset) for subset in ("train", "val", "test")]
         size = (s.size * 8 // 7 + 1) // 2 * 2  # room for the random crop
-        self.record("prepare", lambda: {k: v for k, v in prepare(lists, get_reader("pyav"), self.out / "prepared",
-                                                                   size, self.progress).items() if k != "bad"})
+        self.record("prepare", lambda: {k: v for k, v in prepare(self._lists(), get_reader("pyav"),
+                                                                   self.out / "prepared", size,
+                                                                   self.progress).items() if k != "bad"})
 
         def caches():  # teachers embed the original frames, not the student's downsized copy
-            train_set = VideoDataset(lists[0], "single", s.frames, s.size, reader=get_reader("pyav"))
+            train_set = VideoDataset(self._lists()[0], "single", s.frames, s.size, reader=get_reader("pyav"))
             tcs = synth_teachers(s, self.action["path"])
             write_caches([build_teacher(tc).to(self.device) for tc in tcs], tcs, train_set,
                          self.out / "teacher_cache", self.device, progress=self.progress)
             return {"teachers": list(TEACHERS), "videos": len(train_set)}
 
         self.record("teacher_cache", caches)
+
+    def _lists(self) -> list:
+        data = base_config(self.data_dir, self.sizes, 0).data
+        return [load_split(data, subset) for subset in ("train", "val", "test")]
 
     def base(self, seed: int, student: tuple[str, ...] = ()) -> Config:
         cfg = base_config(self.data_dir, self.sizes, seed)
@@ -328,7 +334,19 @@ class Study:
         return {"knn": scores["knn_top1"], "r1": scores["R@1"], "top1": scores["knn_top1"]}
 
     def run_seed(self, seed: int, only: list[str] | None = None) -> dict[str, dict]:
-        """Every entry's record for ``seed`` (``only``: just those entries); past the plan's first
+        """Every entry's record for ``seed`` (``only``: just those entries)."""
+        jobs = self._jobs(seed)
+        unknown = set(only or []) - set(jobs)
+        if unknown:
+            raise DtgError(f"unknown study entries: {', '.join(sorted(unknown))} (known: {', '.join(jobs)})")
+        return {name: self.record(f"{name}_s{seed}", job) for name, job in jobs.items() if not only or name in only}
+
+    def seed_finished(self, seed: int) -> bool:
+        """Whether every entry of ``seed`` has its record."""
+        return all(self.finished(f"{name}_s{seed}") for name in self._jobs(seed))
+
+    def _jobs(self, seed: int) -> dict:
+        """The entries ``seed`` trains, each as a function returning its record; past the plan's first
         ``side_seeds`` seeds, the headline entries only."""
         s, action, plan = self.sizes, self.action["path"], self.plan
         full = plan.full_label_epochs > 0
@@ -354,15 +372,12 @@ class Study:
             "vit_dtg": lambda: self.pretrain_entry("vit_dtg", seed, synth_teachers(s, action), "adaptive",
                                                    student=VIT_STUDENT),
         }
-        unknown = set(only or []) - set(jobs)
-        if unknown:
-            raise DtgError(f"unknown study entries: {', '.join(sorted(unknown))} (known: {', '.join(jobs)})")
         if full:
             jobs["scratch_full"] = lambda: self.scratch_entry("scratch_full", seed, all_labels=True)
         side = {grid_name(w) for w in plan.grid} | set(SIDE_ENTRIES)
         if seed not in plan.seeds[:plan.side_seeds]:
             jobs = {name: job for name, job in jobs.items() if name not in side}
-        return {name: self.record(f"{name}_s{seed}", job) for name, job in jobs.items() if not only or name in only}
+        return jobs
 
 
 # ------------------------------------------------------------------------------------------ the study
@@ -430,16 +445,19 @@ def check_targets(study: dict, dtg: str, supervised: str = "supervised") -> list
 
 
 def run_study(out, quick: bool = False, force: bool = False, resume: bool = False, progress: bool = True,
-              plan: StudyPlan | None = None, command: str = "") -> dict:
+              plan: StudyPlan | None = None, command: str = "", interim: bool = False) -> dict:
+    """Run (or with ``resume``, continue) the study in ``out`` and write its report. ``interim``: train
+    nothing, and report on the seeds that have finished every entry so far (while the study runs on
+    elsewhere, or after it stopped); the seed-independent teacher kNN entries are computed if missing."""
     from .reports import write_study_report
 
     plan = plan or PLANS["quick" if quick else "full"]
     load_config(None, plan.overrides, check_paths=False)  # a bad override fails before any work
     out = Path(out)
-    if resume:
+    if resume or interim:
         stored = out / "records" / "plan.json"
         if not stored.is_file():
-            raise DtgError(f"{out}: no study to resume (no records/plan.json)")
+            raise DtgError(f"{out}: no study to {'report on' if interim else 'resume'} (no records/plan.json)")
         if json.loads(stored.read_text()) != json.loads(json.dumps(plan.describe())):
             raise DtgError(f"{stored}: the study there used another plan (sizes, seeds, grid or overrides); "
                            f"resume it with the same options or start a new one")
@@ -451,9 +469,17 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
     command = json.loads(first.read_text())["command"] if first.is_file() else command
     t0 = time.time()
     study = Study(out, plan, progress)
+    if interim and not study.finished("teacher_cache"):
+        raise DtgError(f"{out}: the study has not finished its set-up; nothing to report yet")
     study.setup()
+    seeds = list(plan.seeds)
+    if interim:
+        seeds = seeds[:next((k for k, seed in enumerate(seeds) if not study.seed_finished(seed)), len(seeds))]
+        if not seeds:
+            raise DtgError(f"{out}: no seed has finished every entry yet (the first is {plan.seeds[0]}); "
+                           f"nothing to report yet")
     per_seed: dict[str, dict[str, dict]] = {}
-    for seed in plan.seeds:
+    for seed in seeds:
         for name, rec in study.run_seed(seed).items():
             per_seed.setdefault(name, {})[str(seed)] = rec
     for t in TEACHERS:
@@ -475,6 +501,7 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
     meta = {
         "command": command, "seconds": round(sum(study.timings.values()), 1),
         "seconds_this_invocation": round(time.time() - t0, 1), "resumed": resume,
+        "interim_seeds": seeds if interim and seeds != list(plan.seeds) else None,
         "stage_seconds": study.timings,
         "machine": {"device": str(study.device), "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                     "platform": platform.platform(), "torch": torch.__version__},

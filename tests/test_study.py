@@ -2,6 +2,7 @@
 2 CPU cores), including resume and the errors a user can make."""
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -142,6 +143,30 @@ def test_resume_reuses_every_record(quick_study):
     assert run.returncode == 0, run.stderr[-3000:]
     assert {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")} == before
     assert (out / "study.json").read_text() == study
+
+
+def test_interim_report_uses_the_finished_seeds_and_trains_nothing(quick_study, tmp_path):
+    out, _ = quick_study
+    partial = tmp_path / "partial"
+    shutil.copytree(out / "records", partial / "records")  # a study whose seed 1 is still running
+    next(partial.glob("records/joint_dtg_s1.json")).unlink()
+    records = sorted(p.name for p in partial.glob("records/*.json"))
+    run = dtgnet("study", "--quick", "--out", str(partial), "--interim")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(p.name for p in partial.glob("records/*.json")) == records and not (partial / "runs").exists()
+    study = json.loads((partial / "study.json").read_text())
+    assert list(study) == entry_names(PLANS["quick"])
+    assert all(len(e["top1_seeds"]) == 1 for e in study.values())
+    assert study["ssl"]["top1_seeds"] == json.loads((out / "study.json").read_text())["ssl"]["top1_seeds"][:1]
+    assert json.loads((partial / "runs.json").read_text())["interim_seeds"] == [0]
+    assert "**Interim report**: seeds 0 of 0, 1" in (partial / "study.md").read_text()
+    assert "interim report on seeds 0" in run.stdout
+    for name in ("joint_dtg_s0.json", "teacher_cache.json"):  # no finished seed, no set-up: nothing to report
+        (partial / "records" / name).unlink()
+        run = dtgnet("study", "--quick", "--out", str(partial), "--interim")
+        assert run.returncode == 2 and "nothing to report yet" in run.stderr and "Traceback" not in run.stderr
+    run = dtgnet("study", "--quick", "--out", str(partial), "--interim", "--resume")
+    assert run.returncode == 2 and "--interim" in run.stderr
 
 
 def test_user_mistakes_are_one_line_errors(quick_study, tmp_path):
