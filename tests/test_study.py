@@ -72,6 +72,10 @@ def test_check_targets():
     # +6 points on average, but the seeds disagree: the paired interval includes 0
     study["ssl"] = {**entry(40), "top1_seeds": [40 + d for d in (-10, 8, -9, 9, 2)]}
     assert not {t["target"]: t for t in check_targets(study, "dtg_x")}["dtg_x >= ssl + 5"]["met"]
+    # one seed (an interim report): a large gap, but no interval to exclude 0
+    one = {name: {k: v[:1] if k.endswith("_seeds") else v for k, v in e.items()} for name, e in study.items()}
+    by_name = {t["target"]: t for t in check_targets(one, "dtg_x")}
+    assert by_name["dtg_x >= scratch + 15"]["gap"] >= 15 and not by_name["dtg_x >= scratch + 15"]["met"]
 
 
 def test_fewer_videos_train_as_many_steps():
