@@ -334,11 +334,12 @@ class Study:
         return {"knn": scores["knn_top1"], "r1": scores["R@1"], "top1": scores["knn_top1"]}
 
     def run_seed(self, seed: int, only: list[str] | None = None) -> dict[str, dict]:
-        """Every entry's record for ``seed`` (``only``: just those entries)."""
-        jobs = self._jobs(seed)
-        unknown = set(only or []) - set(jobs)
+        """Every entry's record for ``seed`` (``only``: just those entries; a side entry past the side seeds
+        has none)."""
+        jobs, known = self._jobs(seed), self._jobs(self.plan.seeds[0])  # the first seed runs every entry
+        unknown = set(only or []) - set(known)
         if unknown:
-            raise DtgError(f"unknown study entries: {', '.join(sorted(unknown))} (known: {', '.join(jobs)})")
+            raise DtgError(f"unknown study entries: {', '.join(sorted(unknown))} (known: {', '.join(known)})")
         return {name: self.record(f"{name}_s{seed}", job) for name, job in jobs.items() if not only or name in only}
 
     def seed_finished(self, seed: int) -> bool:
