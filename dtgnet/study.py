@@ -23,7 +23,8 @@ run with every seed, the others (grid points, learned weights, single frame, the
 ``side_seeds``; a comparison pairs the seeds both entries have.
 
 The study resumes: each stage and each (entry, seed) writes its record once, and ``--resume`` skips what
-has a record.
+has a record. ``--interim`` writes the report from the seeds that have finished every entry, training
+nothing: a study of several hours can be read while it runs.
 """
 from __future__ import annotations
 
