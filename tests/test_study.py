@@ -1,5 +1,6 @@
 """`dtgnet study`: the statistics, the val-only choices, and the quick study end to end (about 3 minutes on
 2 CPU cores), including resume and the errors a user can make."""
+import dataclasses
 import json
 import math
 import shutil
@@ -72,6 +73,8 @@ def test_check_targets():
     # +6 points on average, but the seeds disagree: the paired interval includes 0
     study["ssl"] = {**entry(40), "top1_seeds": [40 + d for d in (-10, 8, -9, 9, 2)]}
     assert not {t["target"]: t for t in check_targets(study, "dtg_x")}["dtg_x >= ssl + 5"]["met"]
+    study["ssl_e64"] = entry(30)  # DTG held against another SSL schedule (the better on val)
+    assert {t["target"]: t for t in check_targets(study, "dtg_x", ssl="ssl_e64")}["dtg_x >= ssl_e64 + 5"]["met"]
     # one seed (an interim report): a large gap, but no interval to exclude 0
     one = {name: {k: v[:1] if k.endswith("_seeds") else v for k, v in e.items()} for name, e in study.items()}
     by_name = {t["target"]: t for t in check_targets(one, "dtg_x")}
@@ -101,9 +104,10 @@ def test_entry_names_cover_the_issue():
     for n in ("scratch", "ssl", "dtg_imagenet", "dtg_action", "dtg_equal", "dtg_best_fixed", "dtg_learned",
               "dtg_adaptive", "supervised", "joint_dtg", "single_frame", "teacher_knn_imagenet",
               "teacher_knn_action", "vit_ssl", "vit_dtg", "scratch_full", "ssl_full", "dtg_full", "ssl_1of8",
-              "dtg_1of8", "ssl_1of4", "dtg_1of4", "ssl_1of2", "dtg_1of2"):
+              "dtg_1of8", "ssl_1of4", "dtg_1of4", "ssl_1of2", "dtg_1of2", "ssl_e64", "dtg_e64"):
         assert n in names
     assert len(set(names)) == len(names)
+    assert "dtg_e64" not in entry_names(dataclasses.replace(PLANS["full"], long_pretrain_epochs=0))
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +175,24 @@ def test_interim_report_uses_the_finished_seeds_and_trains_nothing(quick_study, 
         assert run.returncode == 2 and "nothing to report yet" in run.stderr and "Traceback" not in run.stderr
     run = dtgnet("study", "--quick", "--out", str(partial), "--interim", "--resume")
     assert run.returncode == 2 and "--interim" in run.stderr
+
+
+def test_a_study_planned_without_the_long_schedule_still_reports(quick_study, tmp_path):
+    """The long schedule only adds entries: a study planned before it resumes and reports under its plan."""
+    out, _ = quick_study
+    older = tmp_path / "older"
+    shutil.copytree(out / "records", older / "records")
+    plan = json.loads((older / "records" / "plan.json").read_text())
+    del plan["long_pretrain_epochs"]
+    (older / "records" / "plan.json").write_text(json.dumps(plan))
+    for name in PLANS["quick"].long_names():
+        for record in older.glob(f"records/{name}_s*.json"):
+            record.unlink()
+    run = dtgnet("study", "--quick", "--out", str(older), "--interim")
+    assert run.returncode == 0, run.stderr[-3000:]
+    study = json.loads((older / "study.json").read_text())
+    assert list(study) == entry_names(dataclasses.replace(PLANS["quick"], long_pretrain_epochs=0))
+    assert json.loads((older / "runs.json").read_text())["ssl_baseline"] == "ssl"
 
 
 def test_user_mistakes_are_one_line_errors(quick_study, tmp_path):
