@@ -37,8 +37,8 @@ BATCH_FRAMES = 256
 """Frames gathered (from any videos) before the teachers run, and a teacher's batch on a GPU."""
 CPU_BATCH_PIXELS = 3 * 2 ** 16
 """A teacher's batch on a CPU, in input pixels: a batch that stays in the processor's caches runs fastest
-(EfficientNet-Lite0 on 2 cores, against 256-frame batches: 2.0x at 64 px with 48 frames, 2.4x at 112 px with
-16, 1.9x at 224 px with 4), and the embeddings do not depend on it."""
+(EfficientNet-Lite0 on 2 cores, against 256-frame batches: 2.7x at 64 px with 48 frames, 2.3x at 112 px with
+16, 2.9x at 224 px with 4; benchmarks/teacher_batch.py), and the embeddings do not depend on it."""
 
 
 def teacher_batch(teacher: Teacher, device) -> int:
