@@ -38,7 +38,8 @@ BATCH_FRAMES = 256
 CPU_BATCH_PIXELS = 3 * 2 ** 16
 """A teacher's batch on a CPU, in input pixels: a batch that stays in the processor's caches runs fastest
 (EfficientNet-Lite0 on 2 cores, against 256-frame batches: 2.7x at 64 px with 48 frames, 2.3x at 112 px with
-16, 2.9x at 224 px with 4; benchmarks/teacher_batch.py), and the embeddings do not depend on it."""
+16, 2.9x at 224 px with 4; benchmarks/teacher_batch.py, which also finds its embeddings the same bit for
+bit)."""
 
 
 def teacher_batch(teacher: Teacher, device) -> int:

@@ -2,7 +2,7 @@
 
 Every random choice comes from the item's own numpy generator (so a sample is the same in any worker and
 after a resume, and torch's RNG is never touched). Geometry (random resized crop, flip) is applied per item
-by torchvision's functional ops on uint8 frames, since crops differ in size. Colour (jitter, grayscale) is
+on uint8 frames, as torchvision's functional ops do it, since crops differ in size. Colour (jitter, grayscale) is
 drawn per sequence as five numbers and applied to a whole batch of sequences at once, vectorised: per item,
 a torchvision pipeline spent most of a prepared-data loader's time on these small tensors.
 
