@@ -6,6 +6,7 @@ import math
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,3 +207,22 @@ def test_user_mistakes_are_one_line_errors(quick_study, tmp_path):
     assert run.returncode == 2 and "loss.tau" in run.stderr and not fresh.exists()
     run = dtgnet("study", "--quick", "--out", str(fresh), "--resume")
     assert run.returncode == 2 and "no study to resume" in run.stderr
+
+
+def test_study_pairs_script_prints_paired_differences_and_spreads(tmp_path):
+    study = {"dtg": {"top1_seeds": [50.0, 46.0, 52.0], "knn_seeds": [55.0, 51.0, 54.0]},
+             "ssl": {"top1_seeds": [45.0, 44.0, 49.0], "knn_seeds": [50.0, 52.0, 47.0]},
+             "teacher": {"top1_seeds": [40.0], "knn_seeds": [40.0]}}
+    path = tmp_path / "study.json"
+    path.write_text(json.dumps(study))
+    script = [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "study_pairs.py"), str(path)]
+    out = subprocess.run(script + ["dtg-ssl", "dtg-teacher:knn", "--spread", "ssl"], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    diffs = [5.0, 2.0, 3.0]
+    half = 4.303 * np.std(diffs, ddof=1) / math.sqrt(3)  # Student-t, 2 degrees of freedom
+    assert out[0] == (f"dtg - ssl (top1): +{np.mean(diffs):.1f} [{np.mean(diffs) - half:+.1f}, "
+                      f"{np.mean(diffs) + half:+.1f}], 3 seeds: +5.0, +2.0, +3.0")
+    assert out[1].startswith("dtg - teacher (knn): +13.3 ") and out[1].endswith("3 seeds: +15.0, +11.0, +14.0")
+    assert out[2] == "ssl top1: SD 2.6, range 44.0-49.0, 3 seeds"
+    bad = subprocess.run(script + ["dtg-nope"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown: nope" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,49 @@
+"""Paired per-seed comparisons and seed spreads from a study's ``study.json``, beyond the targets study.md checks.
+
+    python benchmarks/study_pairs.py docs/results/study.json dtg_adaptive-ssl dtg_e64-ssl_e64:knn
+    python benchmarks/study_pairs.py docs/results/study.json --spread scratch ssl dtg_e64
+
+A comparison is ``A-B`` or ``A-B:METRIC`` (top1, knn or r1): the mean of the per-seed differences A - B with its
+95 % interval, over the seeds both entries have (the same statistic as the targets). ``--spread`` prints each
+named entry's standard deviation and range across seeds.
+"""
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from dtgnet.study import paired
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("study_json", type=Path)
+    parser.add_argument("comparisons", nargs="*", metavar="A-B[:METRIC]")
+    parser.add_argument("--spread", nargs="+", default=[], metavar="ENTRY")
+    args = parser.parse_args(argv)
+    study = json.loads(args.study_json.read_text())
+    for spec in args.comparisons:
+        pair, _, metric = spec.partition(":")
+        a, sep, b = pair.partition("-")
+        metric = metric or "top1"
+        unknown = [n for n in (a, b) if n not in study]
+        if not sep or unknown or metric not in ("top1", "knn", "r1"):
+            sys.exit(f"study_pairs: cannot read {spec!r}: want A-B[:top1|knn|r1] with entries of "
+                     f"{args.study_json}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
+        mean, (lo, hi), n = paired(study, a, b, metric)
+        xs, ys = study[a][f"{metric}_seeds"], study[b][f"{metric}_seeds"]
+        diffs = ", ".join(f"{x - y:+.1f}" for x, y in zip(xs, ys * len(xs) if len(ys) == 1 else ys))
+        print(f"{a} - {b} ({metric}): {mean:+.1f} [{lo:+.1f}, {hi:+.1f}], {n} seeds: {diffs}")
+    for name in args.spread:
+        if name not in study:
+            sys.exit(f"study_pairs: no entry {name!r} in {args.study_json}")
+        for metric in ("top1", "knn"):
+            xs = study[name][f"{metric}_seeds"]
+            print(f"{name} {metric}: SD {statistics.stdev(xs):.1f}, range {min(xs):.1f}-{max(xs):.1f}, "
+                  f"{len(xs)} seeds")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
