@@ -109,7 +109,7 @@ def collate_views(items: list[dict]) -> dict:
     Only ``views`` is a tensor, made in shared memory: a worker sends every tensor of a batch as a shared-memory
     segment of its own (created, its descriptor passed, mapped), while numpy arrays travel pickled. With the
     default collation's eight segments per batch, that transfer cost more than reading and cropping the
-    frames (side by side in one process, this collation made the prepared-data loader about 40 % faster)."""
+    frames (docs/PERFORMANCE.md gives ``dtgnet bench`` before and after this change)."""
     names = [name for name in ("a", "b") if name in items[0]]
     views = torch.empty((len(names), len(items), *items[0]["a"].shape), dtype=torch.uint8)  # (V, B, T, 3, S, S)
     if get_worker_info() is not None:
