@@ -136,7 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--out", required=True, help="output directory")
     study.add_argument("--quick", action="store_true", help="smoke size: two seeds, two steps per run (a few minutes)")
     study.add_argument("--force", action="store_true", help="overwrite an existing output directory")
-    study.add_argument("--resume", action="store_true", help="continue a study in --out, skipping finished runs")
+    study.add_argument("--resume", action="store_true",
+                       help="continue a study in --out: finished runs are skipped, the one under way continues "
+                            "from its checkpoint")
     study.add_argument("--interim", action="store_true",
                        help="train nothing: report on the seeds of the study in --out that have finished every "
                             "entry (while it runs on, or after it stopped)")

@@ -23,8 +23,9 @@ run with every seed, the others (grid points, learned weights, single frame, the
 ``side_seeds``; a comparison pairs the seeds both entries have.
 
 The study resumes: each stage and each (entry, seed) writes its record once, and ``--resume`` skips what
-has a record. ``--interim`` writes the report from the seeds that have finished every entry, training
-nothing: a study of several hours can be read while it runs.
+has a record; a run that a preemption or a kill stopped continues from its last checkpoint. ``--interim``
+writes the report from the seeds that have finished every entry, training nothing: a study of several hours
+can be read while it runs.
 """
 from __future__ import annotations
 
@@ -47,9 +48,10 @@ from .data.lists import load_split
 from .data.prepare import prepare
 from .data.synth import generate
 from .data.video import get_reader
-from .errors import DtgError
+from .errors import CheckpointError, DtgError
 from .evaluation import eval_dataset, evaluate_model, extract, extract_teacher, frozen_feature_scores
 from .recipes import Sizes, base_config, finetune_config, fresh_out_dir, pretrain_config, synth_teachers
+from .runlog import RunDirError
 from .students import load_student
 from .teacher_cache import write_caches
 from .teachers import build_teacher, train_action_teacher
@@ -196,14 +198,25 @@ class Study:
         return (self.out / "records" / f"{name}.json").is_file()
 
     def record(self, name: str, fn):
-        """``fn()``'s JSON result, computed once: stored under ``records/`` with its time, reused on resume."""
+        """``fn()``'s JSON result, computed once: stored under ``records/`` with its time, reused on resume.
+
+        The time includes earlier attempts that an error or a preemption stopped (kept in ``NAME.spent``),
+        since a resumed run continues from their checkpoints; a process killed outright loses its attempt's."""
         path = self.out / "records" / f"{name}.json"
         if not path.is_file():
+            spent = path.with_suffix(".spent")
+            earlier = float(spent.read_text()) if spent.is_file() else 0.0
             t0 = time.time()
-            result = fn()
-            _write_json(path, {"seconds": round(time.time() - t0, 1), "result": result})
+            try:
+                result = fn()
+            except BaseException:
+                spent.write_text(f"{earlier + time.time() - t0:.1f}\n")
+                raise
+            seconds = earlier + time.time() - t0
+            _write_json(path, {"seconds": round(seconds, 1), "result": result})
+            spent.unlink(missing_ok=True)
             if self.progress:
-                print(f"study: {name} done in {time.time() - t0:.0f} s", flush=True)
+                print(f"study: {name} done in {seconds:.0f} s", flush=True)
         stored = json.loads(path.read_text())
         self.timings[name] = stored["seconds"]
         return stored["result"]
@@ -250,11 +263,20 @@ class Study:
         cfg.optim.lr, cfg.optim.head_lr_scale = self.plan.finetune_lr, self.plan.finetune_head_lr_scale
         return cfg
 
+    def _train(self, cfg: Config, mode: str, init: str | None = None) -> dict:
+        """Train a run of the study's; one that an interruption stopped continues from its last checkpoint
+        (exactly as if uninterrupted), anything else in its directory (another config's run) is cleared."""
+        try:
+            return train(cfg, mode, init, resume="auto", progress=self.progress)
+        except (RunDirError, CheckpointError) as e:
+            print(f"study: starting {cfg.run.out} over: {e}", flush=True)
+            return train(cfg, mode, init, force=True, progress=self.progress)
+
     def _finetune(self, base: Config, name: str, init: str | None, frames: int | None = None,
                   all_labels: bool = False) -> Config:
         cfg = self._labelled_config(base, name, frames, all_labels)
         validate(cfg)
-        train(cfg, "finetune", init, force=True, progress=self.progress)
+        self._train(cfg, "finetune", init)
         return cfg
 
     def _trained(self, cfg: Config):
@@ -299,7 +321,7 @@ class Study:
             o = pre.optim
             o.epochs, o.max_steps = same_steps(o.epochs, o.batch_size, every, kept, o.max_steps)
         validate(pre)
-        metrics = train(pre, "pretrain", force=True, progress=self.progress)
+        metrics = self._train(pre, "pretrain")
         weights = str(Path(pre.run.out) / "student.safetensors")
         rep = self._representation(self._trained(pre), base)  # label-free; every training video is the gallery
         record = {**self._scored(self._finetune(base, f"{name}_s{seed}_finetune", weights)), **rep,
@@ -339,7 +361,7 @@ class Study:
             cfg.data.joint_unlabelled = True
             cfg.optim.batch_size, cfg.optim.epochs = self.sizes.batch_size, self.plan.joint_epochs
         validate(cfg)
-        train(cfg, "joint", force=True, progress=self.progress)
+        self._train(cfg, "joint")
         return self._scored(cfg)
 
     def teacher_entry(self, teacher_name: str) -> dict:

@@ -351,7 +351,7 @@ class Trainer:
                                                         segments=cfg.loss.segment_weight > 0))
         self.forward_model = torch.compile(self.step_module) if cfg.run.compile else self.step_module
         self.step, self.epoch, self.bad_items, self.items_seen = 0, 0, list(self.list_bad), 0
-        self.window: dict = {"loss": []}
+        self.window: dict = {"loss": [], "weights": []}  # the steps since the last log line
         self.last_loss, self.best_loss = None, float("inf")  # logged training loss; best.pt has the lowest
         self.flops_per_step: float | None = None
         self._dataloader: DataLoader | None = None
@@ -464,7 +464,7 @@ class Trainer:
                  "config_hash": config_hash(to_dict(self.cfg)), "meta": self._meta(),
                  "bad_items": self.bad_items, "items_seen": self.items_seen,
                  "weight_history": self.weight_history, "best_loss": self.best_loss,
-                 "flops_per_step": self.flops_per_step}
+                 "flops_per_step": self.flops_per_step, "pending": self._pending()}
         best = self.last_loss is not None and self.last_loss < self.best_loss
         if best:
             state["best_loss"] = self.best_loss = self.last_loss
@@ -496,6 +496,7 @@ class Trainer:
         # counted by the first run: a resumed run must not run its first step under the FLOP counter, which
         # the uninterrupted run did not do at that step (its dispatch can change the result's last bits)
         self.flops_per_step = ckpt.get("flops_per_step")
+        self.window.update(ckpt.get("pending") or {})
         set_rng_state(ckpt["rng"])
 
     # ------------------------------------------------------------------------------------------ the step
@@ -678,7 +679,8 @@ class Trainer:
                 self.logger.log({"event": "resume", **self.resumed_from})
             for path, reason in self.list_bad:
                 self.logger.log({"event": "bad_item", "step": 0, "path": path, "reason": reason})
-            window = self.window = {"t0": time.perf_counter(), "wait": 0.0, "clips": 0, "loss": [], "weights": []}
+            window = self.window = {"t0": time.perf_counter(), "wait": 0.0, "clips": 0,
+                                    **{k: [t.to(self.device) for t in self.window[k]] for k in ("loss", "weights")}}
             with self._preemption_handlers():
                 self._loop(window, bar)
             self._checkpoint()
@@ -719,6 +721,11 @@ class Trainer:
                     break
                 t_wait = time.perf_counter()
             self.epoch = self.step // self.steps_per_epoch
+
+    def _pending(self) -> dict[str, list[torch.Tensor]]:
+        """The losses and weights of the steps since the last log line: a checkpoint keeps them, so that a
+        resumed run logs the same loss and weight history as an uninterrupted one."""
+        return {k: [t.detach().cpu() for t in self.window[k]] for k in ("loss", "weights")}
 
     def _check_finite(self) -> None:
         """Raise on a non-finite loss among the steps since the last check (one host sync)."""
@@ -767,7 +774,7 @@ class Trainer:
         return metrics
 
 
-def train(cfg: Config, mode: str, init: str | None = None, resume: bool = False, force: bool = False,
+def train(cfg: Config, mode: str, init: str | None = None, resume: bool | str = False, force: bool = False,
           progress: bool = True) -> dict:
     """Run one training job; returns its metrics (also written to ``run.out/metrics.json``)."""
     return Trainer(cfg, mode, init, resume, force, progress).fit()

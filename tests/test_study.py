@@ -3,7 +3,9 @@
 import dataclasses
 import json
 import math
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dtgnet import training
+from dtgnet.checkpoint import load_checkpoint
+from dtgnet.errors import Preempted
+from dtgnet.runlog import read_log
 from dtgnet.study import (PLANS, best_on_val, check_targets, entry_names, entry_stats, label_gap_share, paired,
-                          same_steps, summarise)
+                          run_study, same_steps, summarise)
 
 KEYS = [f"{m}_{k}" for m in ("top1", "knn", "r1") for k in ("mean", "ci95", "seeds")]
 
@@ -194,6 +200,36 @@ def test_a_study_planned_without_the_long_schedule_still_reports(quick_study, tm
     study = json.loads((older / "study.json").read_text())
     assert list(study) == entry_names(dataclasses.replace(PLANS["quick"], long_pretrain_epochs=0))
     assert json.loads((older / "runs.json").read_text())["ssl_baseline"] == "ssl"
+
+
+def test_a_preempted_study_continues_its_run_from_the_checkpoint(quick_study, tmp_path, monkeypatch):
+    """SIGUSR1 in the first step of ssl_s0's pre-training stops the study with that step's checkpoint; the
+    resumed study continues the run from it, gives the uninterrupted record and counts both attempts' time."""
+    out, _ = quick_study
+    study = tmp_path / "study"
+    shutil.copytree(out, study, ignore=shutil.ignore_patterns(".lock"))
+    (study / "records" / "ssl_s0.json").unlink()
+    real, calls = training.dtg_loss, {"n": 0}
+
+    def signalled_in_step_1(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(training, "dtg_loss", signalled_in_step_1)
+    with pytest.raises(Preempted, match="SIGUSR1 at step 1"):
+        run_study(study, quick=True, resume=True, progress=False)
+    run = study / "runs" / "ssl_s0_pretrain"
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 1
+    spent = float((study / "records" / "ssl_s0.spent").read_text())
+    assert spent > 0
+    monkeypatch.setattr(training, "dtg_loss", real)
+    run_study(study, quick=True, resume=True, progress=False)
+    assert [r["step"] for r in read_log(run / "log.jsonl") if r.get("event") == "resume"] == [1]
+    resumed, uninterrupted = (json.loads((d / "records" / "ssl_s0.json").read_text()) for d in (study, out))
+    assert resumed["result"] == uninterrupted["result"]
+    assert resumed["seconds"] > spent and not (study / "records" / "ssl_s0.spent").exists()
 
 
 def test_user_mistakes_are_one_line_errors(quick_study, tmp_path):
