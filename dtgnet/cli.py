@@ -368,8 +368,13 @@ def _cmd_study(args) -> int:
         plan = dataclasses.replace(plan, overrides=tuple(args.overrides))
     if args.interim and (args.force or args.resume):
         raise DtgError("--interim reports on a study as it stands: it takes neither --force nor --resume")
-    r = run_study(args.out, force=args.force, resume=args.resume, plan=plan, interim=args.interim,
-                  command="dtgnet " + shlex.join(args.argv))
+    try:
+        r = run_study(args.out, force=args.force, resume=args.resume, plan=plan, interim=args.interim,
+                      command="dtgnet " + shlex.join(args.argv))
+    except Preempted as e:
+        again = ["dtgnet", "study", "--out", str(args.out), "--resume", *(["--quick"] if args.quick else []),
+                 *args.overrides]
+        raise Preempted(e.stopped, f"continue the study with `{shlex.join(again)}`") from None
     meta = r["meta"]
     done = (f"interim report on seeds {', '.join(map(str, meta['interim_seeds']))}" if meta["interim_seeds"] else
             "study done")

@@ -47,6 +47,12 @@ EXIT_PREEMPTED = 75  # sysexits' EX_TEMPFAIL, "try again later": the checkpoint 
 
 class Preempted(Exception):
     """SIGTERM / SIGUSR1 stopped a run after its current step; its ``last.pt`` holds that step. Not a
-    :class:`DtgError`: nothing is wrong, and the CLI exits with ``EXIT_PREEMPTED``, not 2."""
+    :class:`DtgError`: nothing is wrong, and the CLI exits with ``EXIT_PREEMPTED``, not 2. ``stopped`` says
+    where it stopped, ``hint`` how to continue (a command that ran the training, such as the study, names its
+    own)."""
 
     exit_code = EXIT_PREEMPTED
+
+    def __init__(self, stopped: str, hint: str = "continue with --resume (or --resume auto)"):
+        super().__init__(f"{stopped}; {hint}")
+        self.stopped = stopped

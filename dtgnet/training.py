@@ -662,8 +662,7 @@ class Trainer:
             import torch.distributed as dist
 
             dist.barrier()
-        raise Preempted(f"{what} at step {self.step}: checkpoint written to "
-                        f"{self.out / 'checkpoints' / 'last.pt'}; continue with --resume (or --resume auto)")
+        raise Preempted(f"{what} at step {self.step}: checkpoint written to {self.out / 'checkpoints' / 'last.pt'}")
 
     def fit(self) -> dict:
         from tqdm import tqdm

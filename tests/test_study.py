@@ -15,7 +15,8 @@ import pytest
 
 from dtgnet import training
 from dtgnet.checkpoint import load_checkpoint
-from dtgnet.errors import Preempted
+from dtgnet.cli import main
+from dtgnet.errors import EXIT_PREEMPTED
 from dtgnet.runlog import read_log
 from dtgnet.study import (PLANS, best_on_val, check_targets, entry_names, entry_stats, label_gap_share, paired,
                           run_study, same_steps, summarise)
@@ -202,7 +203,7 @@ def test_a_study_planned_without_the_long_schedule_still_reports(quick_study, tm
     assert json.loads((older / "runs.json").read_text())["ssl_baseline"] == "ssl"
 
 
-def test_a_preempted_study_continues_its_run_from_the_checkpoint(quick_study, tmp_path, monkeypatch):
+def test_a_preempted_study_continues_its_run_from_the_checkpoint(quick_study, tmp_path, monkeypatch, capsys):
     """SIGUSR1 in the first step of ssl_s0's pre-training stops the study with that step's checkpoint; the
     resumed study continues the run from it, gives the uninterrupted record and counts both attempts' time."""
     out, _ = quick_study
@@ -218,8 +219,9 @@ def test_a_preempted_study_continues_its_run_from_the_checkpoint(quick_study, tm
         return real(*a, **kw)
 
     monkeypatch.setattr(training, "dtg_loss", signalled_in_step_1)
-    with pytest.raises(Preempted, match="SIGUSR1 at step 1"):
-        run_study(study, quick=True, resume=True, progress=False)
+    assert main(["study", "--quick", "--out", str(study), "--resume"]) == EXIT_PREEMPTED
+    printed = capsys.readouterr().err
+    assert "SIGUSR1 at step 1" in printed and f"`dtgnet study --out {study} --resume --quick`" in printed
     run = study / "runs" / "ssl_s0_pretrain"
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 1
     spent = float((study / "records" / "ssl_s0.spent").read_text())
