@@ -13,7 +13,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from dtgnet.study import paired
+from dtgnet.study import seed_differences, summarise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,13 +31,15 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or unknown or metric not in ("top1", "knn", "r1"):
             sys.exit(f"study_pairs: cannot read {spec!r}: want A-B[:top1|knn|r1] with entries of "
                      f"{args.study_json}" + (f" (unknown: {', '.join(unknown)})" if unknown else ""))
-        mean, (lo, hi), n = paired(study, a, b, metric)
-        xs, ys = study[a][f"{metric}_seeds"], study[b][f"{metric}_seeds"]
-        diffs = ", ".join(f"{x - y:+.1f}" for x, y in zip(xs, ys * len(xs) if len(ys) == 1 else ys))
-        print(f"{a} - {b} ({metric}): {mean:+.1f} [{lo:+.1f}, {hi:+.1f}], {n} seeds: {diffs}")
+        diffs = seed_differences(study, a, b, metric)
+        mean, (lo, hi) = summarise(diffs)
+        print(f"{a} - {b} ({metric}): {mean:+.1f} [{lo:+.1f}, {hi:+.1f}], {len(diffs)} seeds: "
+              + ", ".join(f"{d:+.1f}" for d in diffs))
     for name in args.spread:
         if name not in study:
             sys.exit(f"study_pairs: no entry {name!r} in {args.study_json}")
+        if len(study[name]["top1_seeds"]) < 2:
+            sys.exit(f"study_pairs: {name!r} has a single run in {args.study_json}: no spread across seeds")
         for metric in ("top1", "knn"):
             xs = study[name][f"{metric}_seeds"]
             print(f"{name} {metric}: SD {statistics.stdev(xs):.1f}, range {min(xs):.1f}-{max(xs):.1f}, "

@@ -439,13 +439,18 @@ def best_on_val(per_seed: dict[str, dict[str, dict]], names: list[str]) -> tuple
     return max(names, key=lambda n: val[n]), val
 
 
-def paired(study: dict, a: str, b: str, metric: str = "top1") -> tuple[float, list[float], int]:
-    """Mean and 95 % interval of the per-seed differences ``a - b`` (points) over the seeds both have (the
-    entries of a seed share its labelled videos and initial draw), and how many seeds that is. A single-run
-    entry (a teacher's kNN) is compared with every seed of the other."""
+def seed_differences(study: dict, a: str, b: str, metric: str = "top1") -> list[float]:
+    """The per-seed differences ``a - b`` (points) over the seeds both have (the entries of a seed share its
+    labelled videos and initial draw). A single-run entry (a teacher's kNN) is compared with every seed of the
+    other."""
     xs, ys = study[a][f"{metric}_seeds"], study[b][f"{metric}_seeds"]
     ys = ys * len(xs) if len(ys) == 1 else ys
-    diffs = [x - y for x, y in zip(xs, ys)]
+    return [x - y for x, y in zip(xs, ys)]
+
+
+def paired(study: dict, a: str, b: str, metric: str = "top1") -> tuple[float, list[float], int]:
+    """Mean and 95 % interval of :func:`seed_differences`, and how many seeds that is."""
+    diffs = seed_differences(study, a, b, metric)
     m, ci = summarise(diffs)
     return m, ci, len(diffs)
 

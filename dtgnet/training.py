@@ -496,7 +496,7 @@ class Trainer:
         # counted by the first run: a resumed run must not run its first step under the FLOP counter, which
         # the uninterrupted run did not do at that step (its dispatch can change the result's last bits)
         self.flops_per_step = ckpt.get("flops_per_step")
-        self.window.update(ckpt.get("pending") or {})
+        self.window.update({k: [t.to(self.device) for t in v] for k, v in (ckpt.get("pending") or {}).items()})
         set_rng_state(ckpt["rng"])
 
     # ------------------------------------------------------------------------------------------ the step
@@ -679,7 +679,7 @@ class Trainer:
             for path, reason in self.list_bad:
                 self.logger.log({"event": "bad_item", "step": 0, "path": path, "reason": reason})
             window = self.window = {"t0": time.perf_counter(), "wait": 0.0, "clips": 0,
-                                    **{k: [t.to(self.device) for t in self.window[k]] for k in ("loss", "weights")}}
+                                    "loss": self.window["loss"], "weights": self.window["weights"]}
             with self._preemption_handlers():
                 self._loop(window, bar)
             self._checkpoint()

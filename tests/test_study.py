@@ -262,5 +262,6 @@ def test_study_pairs_script_prints_paired_differences_and_spreads(tmp_path):
                       f"{np.mean(diffs) + half:+.1f}], 3 seeds: +5.0, +2.0, +3.0")
     assert out[1].startswith("dtg - teacher (knn): +13.3 ") and out[1].endswith("3 seeds: +15.0, +11.0, +14.0")
     assert out[2] == "ssl top1: SD 2.6, range 44.0-49.0, 3 seeds"
-    bad = subprocess.run(script + ["dtg-nope"], capture_output=True, text=True)
-    assert bad.returncode != 0 and "unknown: nope" in bad.stderr and "Traceback" not in bad.stderr
+    for args, message in ((["dtg-nope"], "unknown: nope"), (["--spread", "teacher"], "single run")):
+        bad = subprocess.run(script + args, capture_output=True, text=True)
+        assert bad.returncode != 0 and message in bad.stderr and "Traceback" not in bad.stderr
