@@ -32,8 +32,8 @@ def write_table(path: Path, videos: int, frames: int, dim: int) -> None:
 def look_up_every_video(path: Path, videos: int, frames: int, how: str) -> None:
     import torch
 
-    from dtgnet.storage import NpyRows
-    from dtgnet.teacher_cache import TeacherCache, _VideoRows
+    from dtgnet.io import NpyRows
+    from dtgnet.teachers.cache import TeacherCache, _VideoRows
 
     if how == "mmap":
         table = np.load(path, mmap_mode="r")

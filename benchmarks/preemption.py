@@ -25,9 +25,10 @@ from pathlib import Path
 
 import torch
 
-from dtgnet.checkpoint import load_checkpoint, state_tensors
 from dtgnet.data.synth import SynthPreset, generate
-from dtgnet.runlog import read_log
+from dtgnet.io import load_checkpoint
+from dtgnet.training.checkpoint import state_tensors
+from dtgnet.training.runlog import read_log
 
 PRESET = SynthPreset(pairs=2, train_per_class=6, val_per_class=2, test_per_class=3, stills_per_class=6,
                      frames=8, size=32)

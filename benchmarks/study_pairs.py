@@ -13,7 +13,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from dtgnet.study import seed_differences, summarise
+from dtgnet.experiments.stats import seed_differences, summarise
 
 
 def main(argv: list[str] | None = None) -> int:

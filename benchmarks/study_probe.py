@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dtgnet.study import PLANS, Study, _write_json, summarise
+from dtgnet.experiments.stats import summarise
+from dtgnet.experiments.study import PLANS, Study
+from dtgnet.io import write_json_atomic
 
 SHARED = ("data", "prepared", "teachers", "teacher_cache")
 STAGES = ("synth", "action_teacher", "prepare", "teacher_cache")
@@ -72,7 +74,7 @@ def main() -> None:
     stored = out / "records" / "probe_plan.json"
     if stored.exists() and json.loads(stored.read_text()) != json.loads(json.dumps(plan.describe())):
         raise SystemExit(f"{stored}: this directory probed another change; use a new --out")
-    _write_json(stored, plan.describe())
+    write_json_atomic(stored, plan.describe())
     study = Study(out, plan, progress=False, knn_queries="val")
     study.setup()
     per_entry: dict[str, list[dict]] = {}

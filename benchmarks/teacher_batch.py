@@ -15,8 +15,8 @@ import time
 import torch
 
 from dtgnet.config import TeacherConfig
-from dtgnet.teacher_cache import teacher_batch
 from dtgnet.teachers import build_teacher
+from dtgnet.teachers.cache import teacher_batch
 
 
 def embed(teacher, frames: torch.Tensor, batch: int, channels_last: bool = False) -> tuple[torch.Tensor, float]:

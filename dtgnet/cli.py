@@ -173,11 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_data_prepare(args) -> int:
     from .config import load_config
     from .data.lists import load_split
-    from .data.prepare import prepare
+    from .data.prepare import prepare, prepared_size
     from .data.video import get_reader
 
     cfg = load_config(args.config, args.overrides)
-    size = args.size or (cfg.data.size * 8 // 7 + 1) // 2 * 2
+    size = args.size or prepared_size(cfg.data.size)
     if size < cfg.data.size:
         raise DtgError(f"--size {size} is smaller than data.size={cfg.data.size}")
     lists = [load_split(cfg.data, s) for s in ("train", "val", "test")
@@ -221,11 +221,9 @@ def _cmd_data(args) -> int:
 
 def _cmd_teacher_cache(args) -> int:
     from .config import load_config
-    from .data.dataset import VideoDataset
     from .data.lists import load_split
     from .data.video import get_reader
-    from .teacher_cache import write_caches
-    from .teachers import build_teacher
+    from .teachers.cache import cache_teachers
     from .training import pick_device
 
     cfg = load_config(args.config, args.overrides)
@@ -234,14 +232,11 @@ def _cmd_teacher_cache(args) -> int:
         raise DtgError("--out or run.teacher_cache_dir must name the cache directory")
     if not cfg.teachers:
         raise DtgError("the config names no teachers")
-    options = _bulk_options(args)
     device = pick_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
-    source = get_reader(cfg.data.reader)  # the teachers see the source frames, never a prepared copy
-    dataset = VideoDataset(load_split(cfg.data, "train"), "single", cfg.data.frames, cfg.data.size, reader=source)
-    teachers = [build_teacher(tc, dataset.videos.classes).to(device) for tc in cfg.teachers]
-    paths = write_caches(teachers, cfg.teachers, dataset, out, device, **options)
+    paths, videos = cache_teachers(cfg.teachers, load_split(cfg.data, "train"), cfg.data.frames, cfg.data.size, out,
+                                   device, get_reader(cfg.data.reader), **_bulk_options(args))
     for tc, path in zip(cfg.teachers, paths):
-        print(f"teacher {tc.name}: {len(dataset)} videos -> {path}")
+        print(f"teacher {tc.name}: {videos} videos -> {path}")
     return 0
 
 
@@ -344,12 +339,12 @@ def _cmd_bench(args) -> int:
 
     pick_device(args.device)  # a missing GPU is a one-line error
     if args.models:
-        from .bench_models import format_model_table, run_model_bench
+        from .experiments.bench_models import format_model_table, run_model_bench
 
         r = run_model_bench(args.device, quick=args.quick)
         print(format_model_table(r))
     else:
-        from .bench import format_table, run_bench
+        from .experiments.bench import format_table, run_bench
 
         r = run_bench(args.device, quick=args.quick)
         print(format_table(r))
@@ -361,7 +356,7 @@ def _cmd_bench(args) -> int:
 def _cmd_study(args) -> int:
     import dataclasses
 
-    from .study import PLANS, run_study
+    from .experiments.study import PLANS, run_study
 
     plan = PLANS["quick" if args.quick else "full"]
     if args.overrides:
@@ -387,7 +382,7 @@ def _cmd_study(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .experiments.demo import run_demo
 
     results = run_demo(args.out, quick=args.quick, seed=args.seed, force=args.force, smoke=args.smoke)
     print(f"demo done in {results['seconds']:.0f} s -> {args.out}/results.json, report.md, report.html")

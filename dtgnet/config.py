@@ -14,14 +14,14 @@ from typing import Any
 
 import yaml
 
+from .dist import default_workers
 from .errors import ConfigError, first_line
+from .registry import STUDENTS, TEACHER_SOURCES
 
 DATA_FORMATS = ("list", "ucf101", "hmdb51", "kinetics", "folders", "frames")
 BACKENDS = ("pyav", "decord", "torchcodec")
-TEACHER_SOURCES = ("efficientnet_lite0", "torchvision", "torchscript", "onnx", "action", "timm", "open_clip", "hf")
 EMBEDDINGS = ("default", "projected", "pooled", "cls", "mean_patch")
 PRECISIONS = ("auto", "bf16", "fp32")
-STUDENT_ARCHS = ("tsn_r18", "r3d_18", "r2plus1d_18", "s3d", "mvit_v2_s", "swin3d_t", "vit_t", "vit_s", "vit_b")
 LOSS_FORMS = ("infonce", "margin")
 WEIGHTINGS = ("fixed", "learned", "adaptive")
 DEVICES = ("auto", "cpu", "cuda")
@@ -81,8 +81,6 @@ class DataConfig:
         """``num_workers`` with -1 resolved."""
         if self.num_workers >= 0:
             return self.num_workers
-        from .data.bulk import default_workers
-
         return min(8, default_workers())
 
     @property
@@ -274,7 +272,7 @@ def _coerce(key: str, tp, value):
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(key, f"expected a mapping, got {value!r}")
-        return _build(tp, value, key)
+        return build_section(tp, value, key)
     origin = typing.get_origin(tp)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
@@ -300,7 +298,7 @@ def _coerce(key: str, tp, value):
     raise ConfigError(key, f"unsupported type {_type_name(tp)}")
 
 
-def _build(cls, values: dict, prefix: str = ""):
+def build_section(cls, values: dict, prefix: str = ""):
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     for k in values:
@@ -376,7 +374,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
-    cfg = _build(Config, tree)
+    cfg = build_section(Config, tree)
     validate(cfg, check_paths=check_paths)
     return cfg
 
@@ -444,44 +442,28 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     _in_range("data.max_bad_fraction", d.max_bad_fraction, 0.0, 1.0)
     names = set()
     for i, t in enumerate(cfg.teachers):
-        _choice(f"teachers.{i}.source", t.source, TEACHER_SOURCES)
-        _at_least(f"teachers.{i}.weight", t.weight, 0.0)
+        key = f"teachers.{i}"
+        source = TEACHER_SOURCES.get(t.source, f"{key}.source")
+        _at_least(f"{key}.weight", t.weight, 0.0)
         if t.input_size:
-            _at_least(f"teachers.{i}.input_size", t.input_size, 32)
-        _choice(f"teachers.{i}.embedding", t.embedding, EMBEDDINGS)
-        _choice(f"teachers.{i}.precision", t.precision, PRECISIONS)
-        if t.source in ("timm", "open_clip", "hf") and not t.model:
-            raise ConfigError(f"teachers.{i}.model", f"source {t.source} needs a model name"
-                                                     f"{' or directory' if t.source == 'hf' else ''}")
-        if t.prompt and t.source not in ("open_clip", "hf"):
-            raise ConfigError(f"teachers.{i}.prompt", "prompts need a CLIP-family teacher (source open_clip or hf)")
+            _at_least(f"{key}.input_size", t.input_size, 32)
+        _choice(f"{key}.embedding", t.embedding, EMBEDDINGS)
+        _choice(f"{key}.precision", t.precision, PRECISIONS)
+        if t.prompt and not source.prompts:
+            raise ConfigError(f"{key}.prompt", "prompts need a CLIP-family teacher (source open_clip or hf)")
         if t.prompt and "{}" not in t.prompt:
-            raise ConfigError(f"teachers.{i}.prompt", f"must hold {{}} where the class name goes, got {t.prompt!r}")
-        local_file = t.source == "timm" or Path(t.weights).suffix in (".pt", ".pth", ".bin", ".safetensors")
-        if check_paths and t.source in ("timm", "open_clip") and t.weights and local_file \
-                and not Path(t.weights).is_file():
-            raise ConfigError(f"teachers.{i}.weights", f"file not found: {t.weights}")
+            raise ConfigError(f"{key}.prompt", f"must hold {{}} where the class name goes, got {t.prompt!r}")
         if not t.name:
-            raise ConfigError(f"teachers.{i}.name", "must not be empty")
+            raise ConfigError(f"{key}.name", "must not be empty")
         if t.name in names:
-            raise ConfigError(f"teachers.{i}.name", f"duplicate teacher name {t.name!r}")
+            raise ConfigError(f"{key}.name", f"duplicate teacher name {t.name!r}")
         names.add(t.name)
-        if t.source in ("torchscript", "onnx", "action"):
-            if not t.weights:
-                raise ConfigError(f"teachers.{i}.weights", f"source {t.source} needs a file path")
-            if check_paths and not Path(t.weights).is_file():
-                raise ConfigError(f"teachers.{i}.weights", f"file not found: {t.weights}")
-        if t.source == "torchvision" and "." not in t.weights:
-            raise ConfigError(f"teachers.{i}.weights",
-                              f"expected a weight name such as ResNet18_Weights.IMAGENET1K_V1, got {t.weights!r}")
-    _choice("student.arch", s.arch, STUDENT_ARCHS)
+        source.check(key, t, check_paths)
+    arch = STUDENTS.get(s.arch, "student.arch")
     _at_least("student.patch_size", s.patch_size, 1)
     _at_least("student.tubelet", s.tubelet, 1)
-    if s.arch.startswith("vit_") and (d.size % s.patch_size or d.frames % s.tubelet):
-        raise ConfigError("student.patch_size" if d.size % s.patch_size else "student.tubelet",
-                          f"data.size={d.size} and data.frames={d.frames} must split into {s.tubelet}x"
-                          f"{s.patch_size}x{s.patch_size} tubelets")
-    if s.init_from and not s.arch.startswith("vit_"):
+    arch.check(cfg)
+    if s.init_from and not arch.init_from:
         raise ConfigError("student.init_from", f"inflation needs a ViT student, not {s.arch}")
     _at_least("student.proj_dim", s.proj_dim, 1)
     _at_least("student.proj_hidden", s.proj_hidden, 1)
@@ -500,7 +482,7 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
     _in_range("loss.relational_tau", lo.relational_tau, 0.0, 10.0, low_open=True)
     _at_least("loss.reverse_weight", lo.reverse_weight, 0.0)
     _at_least("loss.segment_weight", lo.segment_weight, 0.0)
-    if lo.segment_weight > 0 and s.arch != "tsn_r18":
+    if lo.segment_weight > 0 and not arch.per_segment:
         raise ConfigError("loss.segment_weight", f"per-segment alignment needs a student with one feature per "
                                                  f"segment (student.arch=tsn_r18), not {s.arch}")
     if lo.reverse_weight > 0 and lo.self_weight <= 0:

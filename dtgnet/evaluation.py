@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .data.dataset import VideoDataset
-from .data.prepare import reader_for
 from .data.lists import load_split
+from .data.prepare import reader_for
 from .errors import CheckpointError, DataError
 from .students import DTGStudent, load_student
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,32 @@ TINY = SynthPreset(pairs=2, train_per_class=6, val_per_class=2, test_per_class=3
                    frames=8, size=32)
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def wrap_dtg_loss(monkeypatch, before=None, after=None) -> dict:
+    """Wrap the loss every training step calls: ``before(n)`` runs ahead of the n-th call, ``after(n, result)``
+    on its result. Returns the call counter ``{"n": calls}``."""
+    import dtgnet.objectives.objective as objective
+
+    real, calls = objective.dtg_loss, {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if before:
+            before(calls["n"])
+        result = real(*args, **kwargs)
+        if after:
+            after(calls["n"], result)
+        return result
+
+    monkeypatch.setattr(objective, "dtg_loss", wrapped)
+    return calls
+
+
+def signal_in_step(monkeypatch, step: int, sig=signal.SIGUSR1) -> dict:
+    """This process receives ``sig`` inside the loss of training step ``step`` (1-based), as a scheduler's
+    notice arrives mid-step."""
+    return wrap_dtg_loss(monkeypatch, before=lambda n: n == step and os.kill(os.getpid(), sig))
 
 
 def moving_square(frames: int = 8, size: int = 32, seed: int = 0) -> np.ndarray:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dtgnet.runlog import read_log
+from dtgnet.training.runlog import read_log
 from tests.test_training import tiny_overrides
 
 STEPS = 6

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from dtgnet.config import TeacherConfig
 from dtgnet.errors import CheckpointError, ConfigError
-from dtgnet.hub_teachers import _class_phrase
 from dtgnet.teachers import build_teacher
+from dtgnet.teachers.hub import _class_phrase
 
 timm = pytest.importorskip("timm")
 open_clip = pytest.importorskip("open_clip")
@@ -253,7 +253,7 @@ def test_shipped_config_pretrains_a_vit_with_timm_open_clip_and_hf_teachers(hub,
     from pathlib import Path
 
     from dtgnet.cli import main
-    from dtgnet.runlog import read_log
+    from dtgnet.training.runlog import read_log
 
     config = Path(__file__).parents[1] / "configs" / "synth_vit_hub.yaml"
     data = {f"data.{k}": f"{tiny_synth}/{k.split('_')[0]}.txt" for k in ("train_list", "val_list", "test_list")}

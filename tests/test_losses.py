@@ -3,8 +3,16 @@ import math
 import pytest
 import torch
 
-from dtgnet.losses import (cosine_regression, dtg_loss, info_nce, margin_contrastive, pair_term, relational,
-                           reverse_contrast, segment_alignment)
+from dtgnet.objectives.losses import (
+    cosine_regression,
+    info_nce,
+    margin_contrastive,
+    pair_term,
+    relational,
+    reverse_contrast,
+    segment_alignment,
+)
+from dtgnet.objectives.objective import dtg_loss
 
 
 def naive_info_nce(q, k, tau, extra=None):

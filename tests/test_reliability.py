@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import dtgnet.training as training
-from dtgnet.checkpoint import atomic_save, load_checkpoint, state_tensors
 from dtgnet.cli import main
 from dtgnet.config import save_config
 from dtgnet.errors import EXIT_PREEMPTED, CheckpointError, Preempted
-from dtgnet.runlog import RunDir, RunDirError, read_log
-from dtgnet.storage import DiskFullError
-from dtgnet.training import NonFiniteLoss, train
+from dtgnet.io import DiskFullError, atomic_save, load_checkpoint
+from dtgnet.training import train
+from dtgnet.training.checkpoint import state_tensors
+from dtgnet.training.run_state import NonFiniteLoss
+from dtgnet.training.runlog import RunDir, RunDirError, read_log
+from tests.conftest import signal_in_step, wrap_dtg_loss
 from tests.test_training import tiny_cfg, tiny_overrides
 
 STEPS = 8
@@ -134,7 +135,7 @@ def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
         fh.write(b"partial")
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr("dtgnet.checkpoint.torch.save", disk_full)
+    monkeypatch.setattr(torch, "save", disk_full)
     with pytest.raises(DiskFullError, match="last.pt: No space left on device: writing it needs"):
         atomic_save({"w": torch.zeros(3)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
@@ -153,7 +154,7 @@ def test_checkpoint_failure_in_a_run_is_a_clear_error(tiny_synth, tmp_path, monk
             raise OSError(errno.ENOSPC, "No space left on device")
         real_save(obj, fh)
 
-    monkeypatch.setattr("dtgnet.checkpoint.torch.save", fail_second)
+    monkeypatch.setattr(torch, "save", fail_second)
     with pytest.raises(CheckpointError, match="previous checkpoint is intact"):
         train(cfg, "pretrain", progress=False)
     assert torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
@@ -162,17 +163,11 @@ def test_checkpoint_failure_in_a_run_is_a_clear_error(tiny_synth, tmp_path, monk
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_synth, tmp_path, monkeypatch):
     cfg = tiny_cfg(tiny_synth, tmp_path / "nan", **{"optim.max_steps": 6, "run.checkpoint_every": 1,
                                                     "run.log_every": 10})
-    real = training.dtg_loss
-    calls = {"n": 0}
+    def poison(n, result):
+        if n >= 3:
+            result.total = result.total * float("nan")
 
-    def poisoned(*a, **kw):
-        calls["n"] += 1
-        res = real(*a, **kw)
-        if calls["n"] >= 3:
-            res.total = res.total * float("nan")
-        return res
-
-    monkeypatch.setattr(training, "dtg_loss", poisoned)
+    wrap_dtg_loss(monkeypatch, after=poison)
     with pytest.raises(NonFiniteLoss, match="step 3"):
         train(cfg, "pretrain", progress=False)
     assert torch.load(tmp_path / "nan" / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
@@ -206,7 +201,7 @@ def test_resume_cli_with_other_config_is_refused(tiny_synth, tmp_path, capsys):
 
 HOLD_LOCK = """
 import os, sys, time
-from dtgnet.runlog import RunDir
+from dtgnet.training.runlog import RunDir
 run = RunDir(sys.argv[1], resume="auto")
 child = os.fork()  # a child that outlives its parent, holding every inherited descriptor
 if child == 0:
@@ -353,15 +348,7 @@ def test_checkpoint_on_a_full_disk_is_one_line_and_keeps_the_previous(tiny_synth
 def test_sigusr1_in_process_stops_after_the_step_with_a_checkpoint(tiny_synth, tmp_path, monkeypatch):
     cfg = tiny_cfg(tiny_synth, tmp_path / "usr1", **{"optim.max_steps": 6, "run.checkpoint_every": 10})
     cfg.teachers = []
-    real, calls = training.dtg_loss, {"n": 0}
-
-    def signalled_in_step_2(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(training, "dtg_loss", signalled_in_step_2)
+    calls = signal_in_step(monkeypatch, 2)
     before = signal.getsignal(signal.SIGUSR1)
     with pytest.raises(Preempted, match="SIGUSR1 at step 2"):
         train(cfg, "pretrain", progress=False)

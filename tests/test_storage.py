@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dtgnet.errors import DataError
-from dtgnet.storage import NpyRows
+from dtgnet.io import NpyRows
 
 
 def test_rows_read_like_numpy_and_survive_pickling(tmp_path):

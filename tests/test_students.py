@@ -3,8 +3,9 @@ import torch
 
 from dtgnet.config import load_config
 from dtgnet.errors import CheckpointError, ConfigError
-from dtgnet.students import DTGStudent, TemporalShift, build_student, initialise_backbone
-from dtgnet.video_vit import VideoViT
+from dtgnet.students import DTGStudent, build_student, initialise_backbone
+from dtgnet.students.tsn import TemporalShift
+from dtgnet.students.vit import VideoViT
 
 
 @pytest.mark.parametrize("arch, frames, size, dim", [

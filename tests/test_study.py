@@ -3,9 +3,7 @@
 import dataclasses
 import json
 import math
-import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dtgnet import training
-from dtgnet.checkpoint import load_checkpoint
 from dtgnet.cli import main
 from dtgnet.errors import EXIT_PREEMPTED
-from dtgnet.runlog import read_log
-from dtgnet.study import (PLANS, best_on_val, check_targets, entry_names, entry_stats, label_gap_share, paired,
-                          run_study, same_steps, summarise)
+from dtgnet.experiments.stats import best_on_val, check_targets, entry_stats, label_gap_share, paired, summarise
+from dtgnet.experiments.study import PLANS, entry_names, run_study, same_steps
+from dtgnet.io import load_checkpoint
+from dtgnet.training.runlog import read_log
+from tests.conftest import signal_in_step
 
 KEYS = [f"{m}_{k}" for m in ("top1", "knn", "r1") for k in ("mean", "ci95", "seeds")]
 
@@ -210,15 +208,7 @@ def test_a_preempted_study_continues_its_run_from_the_checkpoint(quick_study, tm
     study = tmp_path / "study"
     shutil.copytree(out, study, ignore=shutil.ignore_patterns(".lock"))
     (study / "records" / "ssl_s0.json").unlink()
-    real, calls = training.dtg_loss, {"n": 0}
-
-    def signalled_in_step_1(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            os.kill(os.getpid(), signal.SIGUSR1)
-        return real(*a, **kw)
-
-    monkeypatch.setattr(training, "dtg_loss", signalled_in_step_1)
+    signal_in_step(monkeypatch, 1)
     assert main(["study", "--quick", "--out", str(study), "--resume"]) == EXIT_PREEMPTED
     printed = capsys.readouterr().err
     assert "SIGUSR1 at step 1" in printed and f"`dtgnet study --out {study} --resume --quick`" in printed
@@ -226,7 +216,7 @@ def test_a_preempted_study_continues_its_run_from_the_checkpoint(quick_study, tm
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 1
     spent = float((study / "records" / "ssl_s0.spent").read_text())
     assert spent > 0
-    monkeypatch.setattr(training, "dtg_loss", real)
+    monkeypatch.undo()  # the loss without the signal
     run_study(study, quick=True, resume=True, progress=False)
     assert [r["step"] for r in read_log(run / "log.jsonl") if r.get("event") == "resume"] == [1]
     resumed, uninterrupted = (json.loads((d / "records" / "ssl_s0.json").read_text()) for d in (study, out))

@@ -3,8 +3,8 @@ import torch
 
 from dtgnet.config import TeacherConfig
 from dtgnet.data.bulk import Video
-from dtgnet.teacher_cache import BATCH_FRAMES, _Embedder, teacher_batch
 from dtgnet.teachers import build_teacher, callable_teacher
+from dtgnet.teachers.cache import BATCH_FRAMES, _Embedder, teacher_batch
 
 
 def test_cpu_batches_shrink_with_the_input_size():

@@ -4,8 +4,15 @@ from torch import nn
 
 from dtgnet.config import TeacherConfig
 from dtgnet.errors import CheckpointError, ConfigError
-from dtgnet.teachers import (LITE_MEAN, LITE_STD, build_teacher, callable_teacher, efficientnet_lite0,
-                             load_action_teacher, safe_torch_load, train_action_teacher)
+from dtgnet.io import safe_torch_load
+from dtgnet.teachers import (
+    build_teacher,
+    callable_teacher,
+    efficientnet_lite0,
+    load_action_teacher,
+    train_action_teacher,
+)
+from dtgnet.teachers.lite import LITE_MEAN, LITE_STD
 
 
 def test_bundled_imagenet_teacher_knows_the_cat():

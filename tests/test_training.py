@@ -8,9 +8,9 @@ import torch
 from dtgnet.cli import main
 from dtgnet.config import load_config
 from dtgnet.errors import TooManyBadItems
-from dtgnet.runlog import RunDir, RunDirError, read_log
 from dtgnet.students import load_student
 from dtgnet.training import Trainer, train
+from dtgnet.training.runlog import RunDir, RunDirError, read_log
 
 
 def tiny_overrides(root, out, **extra):
@@ -67,10 +67,10 @@ def test_time_arrow_term_embeds_the_reversed_view(tiny_synth, tmp_path):
         batch = tr.to_batch(next(iter(tr.loader(0))))
         tr.model.eval()  # the same batch-norm statistics for every call below
         with torch.no_grad():
-            out = tr.step_module(batch.a, batch.b)
+            _, out = tr.step_module(batch.a, batch.b)
             backwards = tr.model.self_head(tr.model(batch.a.flip(1)))
-        torch.testing.assert_close(out["self_reversed"], backwards, rtol=1e-4, atol=1e-5)
-        assert not torch.allclose(out["self_reversed"], out["self_a"], atol=1e-3)  # temporal shift sees order
+        torch.testing.assert_close(out.self_reversed, backwards, rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(out.self_reversed, out.self_a, atol=1e-3)  # temporal shift sees order
         tr.model.train()
         stats = tr.train_step(batch)
         assert torch.isfinite(stats["self"]) and stats["self"] > 0
@@ -87,13 +87,15 @@ def test_per_segment_alignment_pairs_each_segment_with_its_frame(tiny_synth, tmp
     tr = Trainer(cfg, "pretrain", progress=False)
     try:
         batch = tr.to_batch(next(iter(tr.loader(0))))
-        t_a, t_b, (f_a, f_b) = tr._teacher_embeddings(batch, per_frame=True)
+        emb = tr.teacher_embeddings(batch)
+        t_a, f_a = emb.a, emb.frames_a
         assert f_a[0].shape == (4, 3, t_a[0].shape[1])
         torch.testing.assert_close(f_a[0].mean(1), t_a[0])
-        plain_a, _, _ = tr._teacher_embeddings(batch)
-        torch.testing.assert_close(t_a[0], plain_a[0], rtol=1e-5, atol=1e-6)
-        out = tr.step_module(batch.a, batch.b)
-        assert out["segments_a"][0].shape == (4, 3, out["heads_a"][0].shape[1])
+        plain = tr.teacher_embeddings(batch, per_frame=False)
+        assert plain.frames_a is None
+        torch.testing.assert_close(t_a[0], plain.a[0], rtol=1e-5, atol=1e-6)
+        _, out = tr.step_module(batch.a, batch.b)
+        assert out.segments_a[0].shape == (4, 3, out.heads_a[0].shape[1])
         stats = tr.train_step(batch)
         assert torch.isfinite(stats["teacher/imagenet"])
     finally:
@@ -185,7 +187,7 @@ def test_cli_modes(tiny_synth, tmp_path, capsys):
 
 def test_teacher_cache_matches_online_teacher_on_clean_frames(tiny_synth, tmp_path):
     from dtgnet.data.transforms import eval_view, to_tensor
-    from dtgnet.teacher_cache import build_caches
+    from dtgnet.teachers.cache import build_caches
 
     cfg = tiny_cfg(tiny_synth, tmp_path / "c", **{"run.teacher_cache": True})
     tr = Trainer(cfg, "pretrain", progress=False)
@@ -207,7 +209,7 @@ def test_teacher_cache_matches_online_teacher_on_clean_frames(tiny_synth, tmp_pa
 def test_disk_teacher_cache_matches_and_detects_staleness(tiny_synth, tmp_path, capsys):
     import shutil
 
-    from dtgnet.teacher_cache import StaleCacheError
+    from dtgnet.teachers.cache import StaleCacheError
 
     root = tmp_path / "data"
     shutil.copytree(tiny_synth, root)
@@ -248,7 +250,7 @@ def test_cached_and_online_teachers_give_the_same_loss_on_clean_views(tiny_synth
     """Cached teachers embed the clean frames; fed the same clean frames, online teachers must agree."""
     from dtgnet.data.dataset import VideoDataset
     from dtgnet.data.sampling import tsn_indices
-    from dtgnet.training import Batch
+    from dtgnet.training.loop import Batch
 
     losses = {}
     for cached in (False, True):
@@ -287,7 +289,7 @@ def test_failed_setup_leaves_no_run_dir(tiny_synth, tmp_path, capsys):
 
 
 def test_labelled_share_sampler_mixes_every_batch_and_splits_ranks():
-    from dtgnet.training import LabelledShareSampler
+    from dtgnet.data.samplers import LabelledShareSampler
 
     labelled, unlabelled = list(range(5)), list(range(5, 30))
     single = LabelledShareSampler(labelled, unlabelled, 2, seed=3, global_batch=6)

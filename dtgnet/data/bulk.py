@@ -27,58 +27,18 @@ from typing import Callable, Sequence
 import numpy as np
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
+from ..dist import Dist, init_distributed
 from ..errors import VideoDecodeError
-from ..storage import RowFile, write_text_atomic
+from ..io import RowFile, write_text_atomic
 from .video import iter_square_frames
 
 CHUNK = 32  # frames per message from a decoding worker
 JOURNAL_EVERY_S = 2.0
 
 
-def default_workers() -> int:
-    """This process's share of the cores it may use (its affinity mask, not the machine's count): under
-    torchrun, the processes on one machine split them."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-
-
-@dataclass(frozen=True)
-class Shard:
-    """This process's part of a torchrun job (rank 0 of 1 when run alone)."""
-
-    rank: int = 0
-    world: int = 1
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
-
-    def gather(self, obj) -> list:
-        """Every rank's ``obj``, in rank order."""
-        if self.world == 1:
-            return [obj]
-        import torch.distributed as dist
-
-        out: list = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
-
-
-def join_shards() -> Shard:
+def join_shards() -> Dist:
     """Join the torchrun job described by the environment (gloo: these jobs only exchange small objects)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Shard()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-    return Shard(dist.get_rank(), dist.get_world_size())
+    return init_distributed(timeout_s=None, backend="gloo")
 
 
 @dataclass(frozen=True)
@@ -131,7 +91,7 @@ def _loader(dataset, workers: int) -> DataLoader:
 
 
 def plan_videos(paths: list[Path], names: list[str], reader, stride: int, target_fps: float, workers: int,
-                shard: Shard, progress: bool, desc: str) -> tuple[list[Video], list[dict]]:
+                shard: Dist, progress: bool, desc: str) -> tuple[list[Video], list[dict]]:
     """Count every video's frames (in parallel, each rank a share) and give each its rows in the output.
     Returns (readable videos in list order, unreadable ones as ``{"path", "reason"}``)."""
     from tqdm import tqdm
@@ -143,7 +103,7 @@ def plan_videos(paths: list[Path], names: list[str], reader, stride: int, target
         found[mine[i]] = (n, fps, reason)
         bar.update(1)
     bar.close()
-    merged = {k: v for part in shard.gather(found) for k, v in part.items()}
+    merged = {k: v for part in shard.gather_objects(found) for k, v in part.items()}
     videos, bad, row = [], [], 0
     for j, name in enumerate(names):
         n, fps, reason = merged[j]
@@ -205,7 +165,7 @@ class Journal:
     ``number<TAB>reason`` for an unreadable one). A journal of another plan, or one whose output is gone
     (``resumable`` false), is started afresh; ``fresh`` says so (the output must then be created anew)."""
 
-    def __init__(self, directory: Path, key: str, shard: Shard, resumable: bool = True):
+    def __init__(self, directory: Path, key: str, shard: Dist, resumable: bool = True):
         self.dir, self.shard = directory, shard
         plan, fresh = directory / "plan", None
         if shard.rank == 0:
@@ -216,7 +176,7 @@ class Journal:
                 directory.mkdir(parents=True)
                 write_text_atomic(plan, key)
         shard.barrier()
-        self.fresh = shard.gather(fresh)[0]
+        self.fresh = shard.gather_objects(fresh)[0]
         self.done = self.read()
         self._fh = open(directory / f"done.{shard.rank}", "a")
         self._pending: list[str] = []
@@ -281,7 +241,7 @@ def decode_all(videos: list[Video], root: Path, reader, sizes: Sequence[int], wo
     failed here: number -> reason."""
     from tqdm import tqdm
 
-    shard = journal.shard if journal else Shard()
+    shard = journal.shard if journal else Dist()
     done = journal.done if journal else {}
     todo = [(k, v) for k, v in enumerate(videos) if k % shard.world == shard.rank and k not in done]
     bar = tqdm(total=sum(v.kept for _, v in todo), desc=desc, disable=not progress, unit="frame",

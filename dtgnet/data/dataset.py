@@ -84,7 +84,7 @@ class VideoDataset(Dataset):
         return item
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        """``key``: a video index, or ``(epoch, index)`` as :class:`~dtgnet.training.ResumableSampler` yields, so
+        """``key``: a video index, or ``(epoch, index)`` as :class:`~dtgnet.data.samplers.ResumableSampler` yields, so
         persistent DataLoader workers need no epoch update of their copy of the dataset."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
         bad = []

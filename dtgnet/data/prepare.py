@@ -16,12 +16,19 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dist import default_workers
 from ..errors import DataError, VideoDecodeError
-from ..storage import NpyRows, RowFile, write_text_atomic
-from .bulk import Journal, decode_all, default_workers, join_shards, journalled_bad, npy_header, plan_key, plan_videos
+from ..io import NpyRows, RowFile, write_text_atomic
+from .bulk import Journal, decode_all, join_shards, journalled_bad, npy_header, plan_key, plan_videos
 from .lists import VideoList
 
 RESIZE = "decoder-area-short-side,center-crop/2"
+
+
+def prepared_size(crop: int) -> int:
+    """The side a prepared copy keeps for a student crop of ``crop`` pixels: 8/7 of it (room for the random
+    crop), rounded up to an even number."""
+    return (crop * 8 // 7 + 1) // 2 * 2
 
 
 def prepare(lists: list[VideoList], reader, out_dir, size: int, progress: bool = True, stride: int = 1,

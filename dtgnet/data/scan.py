@@ -8,7 +8,6 @@ from ..errors import VideoDecodeError
 from .lists import VideoList
 from .video import get_reader, iter_square_frames
 
-
 KINDS = (("file not found", "missing"), ("empty file", "empty"), ("truncated", "truncated"),
          ("decoding failed", "truncated"), ("unknown", "unknown label"), ("escapes", "outside root"),
          ("absolute path", "outside root"))

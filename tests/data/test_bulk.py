@@ -13,8 +13,8 @@ from dtgnet.cli import main
 from dtgnet.config import DataConfig
 from dtgnet.data.lists import load_split
 from dtgnet.data.prepare import PreparedReader
-from dtgnet.data.video import PyAVReader
 from dtgnet.data.synth import write_pattern_video
+from dtgnet.data.video import PyAVReader
 
 PEAK_ABOVE_BASELINE_MB = 600
 

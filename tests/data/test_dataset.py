@@ -6,9 +6,9 @@ import torch
 from torch.utils.data import DataLoader, default_collate
 
 from dtgnet.data.dataset import VideoDataset, collate_views, finish_views, stratified_subset
-from dtgnet.data.transforms import apply_colour
 from dtgnet.data.lists import parse_list, read_classes
 from dtgnet.data.sampling import clip_indices, tsn_indices
+from dtgnet.data.transforms import apply_colour
 from dtgnet.errors import TooManyBadItems
 
 

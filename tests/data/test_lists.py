@@ -2,8 +2,15 @@
 import pytest
 
 from dtgnet.config import DataConfig
-from dtgnet.data.lists import (load_split, parse_folders, parse_hmdb51, parse_kinetics, parse_list,
-                               parse_ucf101, read_classes)
+from dtgnet.data.lists import (
+    load_split,
+    parse_folders,
+    parse_hmdb51,
+    parse_kinetics,
+    parse_list,
+    parse_ucf101,
+    read_classes,
+)
 from dtgnet.errors import DataError
 from tests.conftest import UCF_SPLITS
 

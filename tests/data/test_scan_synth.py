@@ -5,7 +5,7 @@ import sys
 import numpy as np
 
 from dtgnet.cli import main
-from dtgnet.data.synth import PRESETS, SynthPreset, class_names, generate
+from dtgnet.data.synth import PRESETS, SynthPreset, class_names
 from dtgnet.data.video import PyAVReader
 from tests.conftest import TINY
 

@@ -3,8 +3,15 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from dtgnet.data.transforms import (IDENTITY, apply_colour, crop_box, random_colour, random_geometry, resized_crop,
-                                     shift_hue)
+from dtgnet.data.transforms import (
+    IDENTITY,
+    apply_colour,
+    crop_box,
+    random_colour,
+    random_geometry,
+    resized_crop,
+    shift_hue,
+)
 
 
 def naive_colour(seq: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from dtgnet.data.video import (FrameFolderReader, PyAVReader, available_backends, get_reader, rotate_frame)
+from dtgnet.data.video import FrameFolderReader, PyAVReader, available_backends, get_reader, rotate_frame
 from dtgnet.errors import ConfigError, VideoDecodeError
 from tests.conftest import REAL_CLIPS, moving_square
 

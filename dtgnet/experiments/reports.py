@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .runlog import read_log
+from ..training.runlog import read_log
+from .stats import fraction_name, label_gap_share
 
 ORDER = ("scratch", "ssl", "dtg", "single_frame")
 LABELS = {"scratch": "scratch (10 % labels)", "ssl": "SSL pre-train -> 10 % labels",
@@ -172,7 +173,6 @@ def _efficiency_plot(path: Path, results: dict, fractions: list[float]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .study import fraction_name
 
     xs = sorted(fractions) + [1.0]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -214,7 +214,6 @@ def _study_plot(path: Path, results: dict) -> None:
 def write_study_report(out: Path, results: dict, meta: dict) -> None:
     """``study.md`` (command, machine, wall time, the table, the weight grid, data efficiency, the targets),
     ``study.png`` and ``study_efficiency.png``."""
-    from .study import label_gap_share
 
     _study_plot(out / "study.png", results)
     fractions = meta["plan"].get("video_fractions", [])

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import torch
 
-from .data.synth import generate
-from .evaluation import eval_dataset, evaluate_model, extract, frozen_feature_scores
+from ..data.synth import generate
+from ..evaluation import eval_dataset, evaluate_model, extract, frozen_feature_scores
+from ..students import load_student
+from ..teachers import train_action_teacher
+from ..training import pick_device, train
 from .recipes import Sizes, base_config, finetune_config, fresh_out_dir, pretrain_config, synth_teachers
-from .students import load_student
-from .teachers import train_action_teacher
-from .training import pick_device, train
-
 
 PLANS = {
     "quick": Sizes("quick", frames=4, size=48, batch_size=16, pretrain_epochs=6, finetune_epochs=40,

@@ -25,12 +25,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .data.bulk import (Journal, Shard, Video, decode_all, default_workers, join_shards, npy_header, plan_key,
-                        plan_videos)
-from .data.dataset import VideoDataset
-from .errors import DtgError, VideoDecodeError
-from .storage import NpyRows, RowFile, write_text_atomic
-from .teachers import Teacher
+from ..data.bulk import Journal, Video, decode_all, join_shards, npy_header, plan_key, plan_videos
+from ..data.dataset import VideoDataset
+from ..dist import Dist, default_workers
+from ..errors import DtgError, VideoDecodeError
+from ..io import NpyRows, RowFile, write_text_atomic
+from ..registry import TEACHER_SOURCES
+from .base import Teacher, build_teacher
 
 PREPROCESSING = "decoder-area-short-side,center-crop,float[0,1],teacher-normalisation/2"
 BATCH_FRAMES = 256
@@ -124,7 +125,7 @@ class _Embedder:
         self.pending = []
 
 
-def _plan(dataset: VideoDataset, reader, stride: int, fps: float, workers: int, shard: Shard,
+def _plan(dataset: VideoDataset, reader, stride: int, fps: float, workers: int, shard: Dist,
           progress: bool) -> tuple[list[Video], list[Video | None]]:
     """Readable videos (rows assigned) and, per dataset entry, its video or None."""
     names = [e.path for e in dataset.entries]
@@ -139,7 +140,7 @@ def build_caches(teachers: list[Teacher], dataset: VideoDataset, device, reader=
     """In-memory caches of ``dataset``'s videos for one run, from one decode of each video. ``reader``:
     the source videos' reader (default: the dataset's)."""
     reader = reader or dataset.reader
-    videos, per_entry = _plan(dataset, reader, stride, fps, workers, Shard(), progress)
+    videos, per_entry = _plan(dataset, reader, stride, fps, workers, Dist(), progress)
     total = sum(v.kept for v in videos)
     arrays = [np.zeros((total, t.embed_dim), np.float16) for t in teachers]
 
@@ -165,14 +166,14 @@ def teacher_fingerprint(teacher: Teacher, teacher_cfg) -> dict:
     for k in sorted(state):
         h.update(k.encode())
         h.update(state[k].detach().cpu().contiguous().numpy().tobytes())
-    if teacher_cfg.source == "onnx":
+    source = TEACHER_SOURCES.get(teacher_cfg.source, "teachers.source")
+    if source.hashed_file:
         h.update(Path(teacher_cfg.weights).read_bytes())
     fp = {"name": teacher_cfg.name, "source": teacher_cfg.source, "weights": teacher_cfg.weights,
           "params_sha256": h.hexdigest()[:32], "input_size": teacher.input_size,
           "mean": teacher.mean.flatten().tolist(), "std": teacher.std.flatten().tolist(),
           "preprocessing": PREPROCESSING}
-    if teacher_cfg.source in ("timm", "open_clip", "hf"):  # which output is the embedding: not in the weights
-        fp.update(model=teacher_cfg.model, embedding=teacher_cfg.embedding, prompt=teacher_cfg.prompt)
+    fp.update({key: getattr(teacher_cfg, key) for key in source.describes})
     return fp
 
 
@@ -290,3 +291,12 @@ def load_cache(teacher: Teacher, teacher_cfg, dataset: VideoDataset, cache_dir) 
         per_video.append(_VideoRows(table, off, count) if count else None)
         per_stride.append(stride)
     return TeacherCache(per_video, index["embed_dim"], per_stride)
+
+
+def cache_teachers(teacher_cfgs, videos, frames: int, size: int, out_dir, device, reader, **options) -> tuple[list[Path], int]:
+    """``dtgnet teacher cache``: build each configured teacher and embed every frame of ``videos`` (a training
+    :class:`~dtgnet.data.lists.VideoList`) read by ``reader``, which must be a source reader: the teachers see
+    the original frames, never a prepared copy. Returns (one file per teacher, the number of videos)."""
+    dataset = VideoDataset(videos, "single", frames, size, reader=reader)
+    teachers = [build_teacher(tc, videos.classes).to(device) for tc in teacher_cfgs]
+    return write_caches(teachers, teacher_cfgs, dataset, out_dir, device, **options), len(dataset)

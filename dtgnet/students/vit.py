@@ -15,7 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, first_line
+from ..errors import CheckpointError, ConfigError, first_line
+from ..io import IMAGENET_MEAN, IMAGENET_STD, read_state_dict, require_extra
+from .registry import StudentArch, register_student
 
 VIT_SIZES = {"vit_t": (192, 12, 3), "vit_s": (384, 12, 6), "vit_b": (768, 12, 12)}  # width, depth, heads
 """ViT-Ti/S/B (DeiT, ViT): the names timm uses for vit_tiny/small/base_patch16_224."""
@@ -90,8 +92,8 @@ class VideoViT(nn.Module):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.time_embed, std=0.02)
         self.apply(_init_weights)
-        self.register_buffer("mean", torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1), persistent=False)
 
     def forward(self, x):
         v = (x.transpose(1, 2) - self.mean) / self.std  # (B, 3, T, H, W)
@@ -104,6 +106,10 @@ class VideoViT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.norm(x.mean(1))  # (B, D)
+
+    def initialise_from(self, source: str) -> None:
+        """``student.init_from``: a timm image ViT (a local file or a timm name) inflated into this model."""
+        self.inflate_from(image_vit_state(source), source)
 
     @torch.no_grad()
     def inflate_from(self, state: dict, source: str) -> None:
@@ -157,8 +163,6 @@ def _init_weights(m: nn.Module) -> None:
 def image_vit_state(source: str) -> dict:
     """A timm image ViT's state dict from a local file (safetensors or weights-only torch) or, for a name
     that is no file, from timm's hub (``vit_small_patch16_224.augreg_in21k``)."""
-    from .hub_teachers import read_state_dict, require_extra
-
     if Path(source).suffix in (".safetensors", ".pt", ".pth", ".bin") or Path(source).exists():
         return read_state_dict(Path(source), "student.init_from")
     timm = require_extra("timm", "timm")
@@ -166,3 +170,17 @@ def image_vit_state(source: str) -> dict:
         return timm.create_model(source, pretrained=True).state_dict()
     except Exception as e:
         raise CheckpointError(f"timm {source}: cannot load its weights ({first_line(e)})") from None
+
+
+def _check_vit(cfg) -> None:
+    d, s = cfg.data, cfg.student
+    if d.size % s.patch_size or d.frames % s.tubelet:
+        raise ConfigError("student.patch_size" if d.size % s.patch_size else "student.tubelet",
+                          f"data.size={d.size} and data.frames={d.frames} must split into {s.tubelet}x"
+                          f"{s.patch_size}x{s.patch_size} tubelets")
+
+
+for _arch in VIT_SIZES:
+    register_student(StudentArch(
+        _arch, lambda frames, size, patch_size=16, tubelet=2, _arch=_arch, **_: VideoViT(_arch, frames, size, patch_size, tubelet),
+        _check_vit, init_from=True))

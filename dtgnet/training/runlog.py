@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import DtgError
+from ..errors import DtgError
 
 RESUME_MODES = ("never", "always", "auto")
 _HELD: set[str] = set()  # run directories this process holds: POSIX locks never conflict within one process

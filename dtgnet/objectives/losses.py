@@ -5,8 +5,6 @@ head), ``t`` teacher embeddings; both are L2-normalised inside every function.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -135,79 +133,3 @@ def pair_term(u_a: Tensor, u_b: Tensor, t_a: Tensor, t_b: Tensor, form: str, tau
     if form == "margin":
         return 0.5 * (margin_contrastive(u_a, t_b, margin) + margin_contrastive(u_b, t_a, margin))
     raise ValueError(f"unknown loss form {form!r}")
-
-
-@dataclass
-class DTGLoss:
-    total: Tensor
-    """w_0 L_0 + sum_k w_k L_k (scalar)."""
-    self_term: Tensor
-    """L_0 (scalar; zero when there is no self head)."""
-    teacher_terms: list[Tensor]
-    """L_k per teacher (scalars)."""
-
-
-def dtg_loss(self_a: Tensor | None, self_b: Tensor | None, student_a: list[Tensor], student_b: list[Tensor],
-             teacher_a: list[Tensor], teacher_b: list[Tensor], weights: Tensor, self_weight: float,
-             form: str = "infonce", tau: float = 0.1, margin: float = 1.0,
-             queues: list[Tensor | None] | None = None, regression: float = 0.0, relation: float = 0.0,
-             relation_tau: float = 0.1, reverse: float = 0.0, self_reversed: Tensor | None = None,
-             segment: float = 0.0, segments: tuple[list[Tensor], ...] | None = None) -> DTGLoss:
-    """Total DTG loss ``L = w_0 L_0 + sum_k w_k L_k``.
-
-    ``L_0`` = :func:`pair_term` between the self-head embeddings of the two views (plain two-view SSL), plus
-    ``reverse * R(self_b, self_a, self_reversed)`` (:func:`reverse_contrast`) when ``reverse`` > 0;
-    ``L_k`` = :func:`pair_term` between the student's head-k embeddings ``u_k`` and teacher k's embeddings
-    ``t_k``, cross-view (u_k^a with t_k^b and u_k^b with t_k^a), plus, when their weights are > 0,
-    ``regression * 1/2 [R(u_k^a, t_k^a) + R(u_k^b, t_k^b)]`` (:func:`cosine_regression`) and
-    ``relation * 1/2 [S(u_k^a, t_k^a) + S(u_k^b, t_k^b)]`` (:func:`relational`) and
-    ``segment * 1/2 [A(s_k^a, f_k^a) + A(s_k^b, f_k^b)]`` (:func:`segment_alignment`).
-
-    Args:
-        self_a, self_b: ``(B, D0)`` self-head embeddings of views a and b, or None.
-        student_a, student_b: K tensors ``(B, D)``: head-k embeddings per view.
-        teacher_a, teacher_b: K tensors ``(B, D_k)`` teacher embeddings per view (no gradient expected).
-        weights: ``(K,)`` teacher weights w_k (may carry gradient, e.g. learned weighting).
-        self_weight: w_0.
-        queues: K optional ``(Q, D)`` banks of past teacher embeddings used as extra negatives (InfoNCE).
-        regression, relation: weights of the feature-regression and relational terms inside each L_k.
-        relation_tau: temperature of the relational term.
-        reverse, self_reversed: weight of the time-arrow term and the ``(B, D0)`` self-head embeddings of view
-            a played backwards.
-        segment, segments: weight of per-segment alignment and ``(s^a, s^b, f^a, f^b)``, K tensors each:
-            ``(B, T, D)`` head-k embeddings of each segment and ``(B, T, D_k)`` teacher-k embeddings of each
-            segment's frame, per view.
-    """
-    k = len(student_a)
-    if not (len(student_b) == len(teacher_a) == len(teacher_b) == k) or weights.shape != (k,):
-        raise ValueError(f"expected {k} teachers in every argument and weights of shape ({k},)")
-    ref = student_a[0] if k else self_a
-    if ref is None:
-        raise ValueError("dtg_loss needs a self head or at least one teacher")
-    queues = queues or [None] * k
-    self_term = ref.new_zeros(())
-    if self_a is not None and self_b is not None and self_weight > 0:
-        self_term = pair_term(self_a, self_b, self_a, self_b, form, tau, margin)
-        if reverse:
-            if self_reversed is None:
-                raise ValueError("the time-arrow term needs the self embeddings of the reversed view")
-            self_term = self_term + reverse * reverse_contrast(self_b, self_a, self_reversed, tau)
-    terms = [pair_term(student_a[i], student_b[i], teacher_a[i], teacher_b[i], form, tau, margin, queues[i])
-             for i in range(k)]
-    for i in range(k):  # same-view distillation terms, each sequence against its own teacher embedding
-        if regression:
-            terms[i] = terms[i] + regression * 0.5 * (cosine_regression(student_a[i], teacher_a[i])
-                                                      + cosine_regression(student_b[i], teacher_b[i]))
-        if relation:
-            terms[i] = terms[i] + relation * 0.5 * (relational(student_a[i], teacher_a[i], relation_tau)
-                                                    + relational(student_b[i], teacher_b[i], relation_tau))
-        if segment:
-            if segments is None:
-                raise ValueError("per-segment alignment needs the per-segment student and teacher embeddings")
-            s_a, s_b, f_a, f_b = (x[i] for x in segments)
-            terms[i] = terms[i] + segment * 0.5 * (segment_alignment(s_a, f_a, tau)
-                                                   + segment_alignment(s_b, f_b, tau))
-    total = self_weight * self_term
-    if k:
-        total = total + (weights * torch.stack(terms)).sum()
-    return DTGLoss(total, self_term, terms)

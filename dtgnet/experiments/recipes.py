@@ -7,8 +7,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, TeacherConfig, validate
-from .errors import DtgError
+from ..config import Config, TeacherConfig, validate
+from ..errors import DtgError
 
 
 @dataclass(frozen=True)

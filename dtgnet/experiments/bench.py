@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from .config import DataConfig, TeacherConfig, to_dict, validate
-from .data.dataset import VideoDataset, collate_views
-from .data.lists import load_split
-from .data.prepare import PreparedReader, prepare
-from .data.synth import SynthPreset, generate, write_pattern_video
-from .data.video import get_reader
-from .teachers import train_action_teacher
-from .training import Trainer
+from ..config import DataConfig, TeacherConfig, to_dict, validate
+from ..data.dataset import VideoDataset, collate_views
+from ..data.lists import load_split
+from ..data.prepare import PreparedReader, prepare
+from ..data.synth import SynthPreset, generate, write_pattern_video
+from ..data.video import get_reader
+from ..teachers import train_action_teacher
+from ..training import Trainer
 
 FULL = dict(preset="quick", batch=16, frames=4, size=48, teacher_input=96, steps=8, loader_batches=12,
             hd_videos=16, hd_seconds=2, hd_batches=2, loader_seconds=3.0)
@@ -65,7 +65,7 @@ def step_time(cfg, work: Path, name: str, steps: int) -> tuple[float, str]:
 
 def _colour_time(cfg, device: torch.device, repeats: int = 10) -> float:
     """Median seconds to colour a batch's two views on ``device`` (the loader ships them uncoloured)."""
-    from .data.transforms import apply_colour, random_colour
+    from ..data.transforms import apply_colour, random_colour
 
     rng = np.random.default_rng(0)
     shape = (cfg.optim.batch_size, cfg.data.frames, 3, cfg.data.size, cfg.data.size)

@@ -21,7 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, first_line
+from ..errors import CheckpointError, ConfigError, first_line
+from ..io import IMAGENET_MEAN, IMAGENET_STD, read_state_dict, require_extra
+from .base import FrameEncoder
+from .sources import TeacherSource, register_source
 
 
 @dataclass
@@ -33,15 +36,6 @@ class HubEncoder:
     std: tuple
 
 
-def require_extra(package: str, extra: str):
-    import importlib
-
-    try:
-        return importlib.import_module(package)
-    except ImportError:
-        raise ConfigError("teachers.source", f"this teacher needs {package} (pip install 'dtgnet[{extra}]')") from None
-
-
 def _side(size) -> int:
     """An image size given as int, (H, W), (C, H, W) or a dict of the processor's kinds -> one side."""
     if not isinstance(size, (int, tuple, list)):  # a dict or transformers' SizeDict
@@ -50,28 +44,6 @@ def _side(size) -> int:
     if isinstance(size, (tuple, list)):
         size = size[-1]
     return int(size)
-
-
-def read_state_dict(path: Path, key: str) -> dict:
-    """A state dict from safetensors or a weights-only torch file; unwraps ``state_dict`` / ``model``."""
-    from .teachers import safe_torch_load
-
-    if not path.is_file():
-        raise ConfigError(key, f"file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as e:
-            raise CheckpointError(f"{path}: not a safetensors file ({first_line(e)})") from None
-    state = safe_torch_load(path)
-    for wrapper in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
-            state = state[wrapper]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: holds no state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
 
 
 # ------------------------------------------------------------------------------------------------ timm
@@ -230,7 +202,6 @@ def _hf_preprocessing(source: str, config, local: bool, trust: bool) -> tuple[in
     import transformers
     from transformers.models.auto.image_processing_auto import IMAGE_PROCESSOR_MAPPING_NAMES
 
-    from .teachers import IMAGENET_MEAN, IMAGENET_STD
 
     processor_file = True
     try:
@@ -302,3 +273,29 @@ def hf_encoder(cfg, class_names=None) -> HubEncoder:
         text = text if torch.is_tensor(text) else text.pooler_output
         encoder = _ZeroShot(encoder, text, float(model.logit_scale.detach().exp()))
     return HubEncoder(encoder, size, mean, std)
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+def _check_hub(key: str, cfg, check_paths: bool) -> None:
+    if not cfg.model:
+        raise ConfigError(f"{key}.model", f"source {cfg.source} needs a model name"
+                                          f"{' or directory' if cfg.source == 'hf' else ''}")
+    local_file = cfg.source == "timm" or Path(cfg.weights).suffix in (".pt", ".pth", ".bin", ".safetensors")
+    if check_paths and cfg.source in ("timm", "open_clip") and cfg.weights and local_file \
+            and not Path(cfg.weights).is_file():
+        raise ConfigError(f"{key}.weights", f"file not found: {cfg.weights}")
+
+
+def _hub_source(name: str, builder, prompts: bool) -> TeacherSource:
+    def build(cfg, class_names) -> FrameEncoder:
+        enc = builder(cfg, class_names)
+        return FrameEncoder(enc.module, enc.input_size, enc.mean, enc.std, None)
+
+    # which output is the embedding is chosen by the config, not stored in the weights
+    return TeacherSource(name, build, _check_hub, prompts=prompts, describes=("model", "embedding", "prompt"))
+
+
+register_source(_hub_source("timm", lambda cfg, _: timm_encoder(cfg), prompts=False))
+register_source(_hub_source("open_clip", open_clip_encoder, prompts=True))
+register_source(_hub_source("hf", hf_encoder, prompts=True))

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
+from ..config import TeacherConfig, validate
+from ..data.synth import SynthPreset, generate
+from ..teachers import build_teacher
 from .bench import step_time, sync
-from .config import TeacherConfig, validate
-from .data.synth import SynthPreset, generate
-from .teachers import build_teacher
 
 FULL = dict(preset=SynthPreset(pairs=2, train_per_class=4, val_per_class=1, test_per_class=1, stills_per_class=4,
                                frames=16, size=64),

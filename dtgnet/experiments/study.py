@@ -29,33 +29,40 @@ can be read while it runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import platform
 import shutil
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .config import Config, load_config, validate
-from .data.dataset import VideoDataset
-from .data.lists import load_split
-from .data.prepare import prepare
-from .data.synth import generate
-from .data.video import get_reader
-from .errors import CheckpointError, DtgError
-from .evaluation import eval_dataset, evaluate_model, extract, extract_teacher, frozen_feature_scores
+from ..config import Config, load_config, validate
+from ..data.lists import load_split
+from ..data.prepare import prepare, prepared_size
+from ..data.synth import generate
+from ..data.video import get_reader
+from ..errors import CheckpointError, DtgError
+from ..evaluation import eval_dataset, evaluate_model, extract, extract_teacher, frozen_feature_scores
+from ..io import write_json_atomic
+from ..students import load_student
+from ..teachers import build_teacher, train_action_teacher
+from ..teachers.cache import cache_teachers
+from ..training import pick_device, train
+from ..training.runlog import RunDirError
 from .recipes import Sizes, base_config, finetune_config, fresh_out_dir, pretrain_config, synth_teachers
-from .runlog import RunDirError
-from .students import load_student
-from .teacher_cache import write_caches
-from .teachers import build_teacher, train_action_teacher
-from .training import pick_device, train
+from .stats import (
+    best_on_val,
+    check_targets,
+    entry_stats,
+    fraction_name,
+    grid_name,
+)
 
 TEACHERS = ("imagenet", "action")
 VIT_STUDENT = ("student.arch=vit_t", "student.patch_size=8", "student.tubelet=2")
@@ -130,16 +137,6 @@ SIDE_ENTRIES = ("dtg_learned", "single_frame", "vit_ssl", "vit_dtg")
 """Run with ``side_seeds`` seeds, like the weight-grid points."""
 
 
-def grid_name(weights: tuple[float, float]) -> str:
-    named = {(1.0, 0.0): "dtg_imagenet", (0.0, 1.0): "dtg_action", (1.0, 1.0): "dtg_equal"}
-    return named.get(tuple(weights), "dtg_w{:g}_{:g}".format(*weights))
-
-
-def fraction_name(kind: str, fraction: float) -> str:
-    """``dtg_1of4``: ``kind`` pre-trained on a quarter of the unlabelled videos."""
-    return f"{kind}_1of{round(1 / fraction):d}"
-
-
 def entry_names(plan: StudyPlan) -> list[str]:
     """Every name study.json holds, in table order."""
     fixed = [grid_name(w) for w in plan.grid]
@@ -160,31 +157,6 @@ def same_steps(epochs: int, batch: int, every: int, kept: int, max_steps: int) -
 
 
 # ------------------------------------------------------------------------------------------ statistics
-
-def summarise(values: list[float]) -> tuple[float, list[float]]:
-    """Mean and two-sided 95 % Student-t confidence interval of the mean (a single value: a zero-width one)."""
-    from scipy.stats import t
-
-    x = np.asarray(values, dtype=float)
-    m = float(x.mean())
-    if len(x) < 2:
-        return m, [m, m]
-    half = float(t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
-    return m, [m - half, m + half]
-
-
-def entry_stats(seeds: dict[str, dict]) -> dict:
-    """``{seed: {"top1", "knn", "r1"}}`` (fractions) -> study.json's shape, in percent."""
-    out = {}
-    for metric in ("top1", "knn", "r1"):
-        values = [100 * seeds[s][metric] for s in sorted(seeds, key=int)]
-        m, ci = summarise(values)
-        out.update({f"{metric}_mean": round(m, 2), f"{metric}_ci95": [round(ci[0], 2), round(ci[1], 2)],
-                    f"{metric}_seeds": [round(v, 2) for v in values]})
-    return out
-
-
-# ------------------------------------------------------------------------------------------ the runs
 
 class Study:
     def __init__(self, out: Path, plan: StudyPlan, progress: bool, knn_queries: str = "test"):
@@ -213,7 +185,7 @@ class Study:
                 spent.write_text(f"{earlier + time.time() - t0:.1f}\n")
                 raise
             seconds = earlier + time.time() - t0
-            _write_json(path, {"seconds": round(seconds, 1), "result": result})
+            write_json_atomic(path, {"seconds": round(seconds, 1), "result": result})
             spent.unlink(missing_ok=True)
             if self.progress:
                 print(f"study: {name} done in {seconds:.0f} s", flush=True)
@@ -228,17 +200,16 @@ class Study:
         self.action = self.record("action_teacher", lambda: train_action_teacher(
             self.data_dir / "stills", self.out / "teachers" / "action.safetensors", input_size=s.teacher_input,
             seed=0, progress=self.progress))
-        size = (s.size * 8 // 7 + 1) // 2 * 2  # room for the random crop
+        size = prepared_size(s.size)
         self.record("prepare", lambda: {k: v for k, v in prepare(self._lists(), get_reader("pyav"),
                                                                    self.out / "prepared", size,
                                                                    self.progress).items() if k != "bad"})
 
         def caches():  # teachers embed the original frames, not the student's downsized copy
-            train_set = VideoDataset(self._lists()[0], "single", s.frames, s.size, reader=get_reader("pyav"))
-            tcs = synth_teachers(s, self.action["path"])
-            write_caches([build_teacher(tc).to(self.device) for tc in tcs], tcs, train_set,
-                         self.out / "teacher_cache", self.device, progress=self.progress)
-            return {"teachers": list(TEACHERS), "videos": len(train_set)}
+            _, videos = cache_teachers(synth_teachers(s, self.action["path"]), self._lists()[0], s.frames, s.size,
+                                       self.out / "teacher_cache", self.device, get_reader("pyav"),
+                                       progress=self.progress)
+            return {"teachers": list(TEACHERS), "videos": videos}
 
         self.record("teacher_cache", caches)
 
@@ -431,75 +402,6 @@ class Study:
 
 # ------------------------------------------------------------------------------------------ the study
 
-def best_on_val(per_seed: dict[str, dict[str, dict]], names: list[str]) -> tuple[str, dict[str, float]]:
-    """The name with the highest mean val top-1, and every name's mean val top-1, over the seeds every name
-    has (a 5-seed entry is not compared on seeds a 3-seed one never saw)."""
-    shared = set.intersection(*(set(per_seed[n]) for n in names))
-    val = {n: float(np.mean([per_seed[n][s]["val_top1"] for s in sorted(shared)])) for n in names}
-    return max(names, key=lambda n: val[n]), val
-
-
-def seed_differences(study: dict, a: str, b: str, metric: str = "top1") -> list[float]:
-    """The per-seed differences ``a - b`` (points) over the seeds both have (the entries of a seed share its
-    labelled videos and initial draw). A single-run entry (a teacher's kNN) is compared with every seed of the
-    other."""
-    xs, ys = study[a][f"{metric}_seeds"], study[b][f"{metric}_seeds"]
-    ys = ys * len(xs) if len(ys) == 1 else ys
-    return [x - y for x, y in zip(xs, ys)]
-
-
-def paired(study: dict, a: str, b: str, metric: str = "top1") -> tuple[float, list[float], int]:
-    """Mean and 95 % interval of :func:`seed_differences`, and how many seeds that is."""
-    diffs = seed_differences(study, a, b, metric)
-    m, ci = summarise(diffs)
-    return m, ci, len(diffs)
-
-
-def label_gap_share(study: dict, name: str) -> float | None:
-    """The share (%) of the label gap, scratch at 10 % of the labels -> ``scratch_full``, that ``name``
-    closes; None without the ceiling or with no gap."""
-    if "scratch_full" not in study:
-        return None
-    lo, hi = study["scratch"]["top1_mean"], study["scratch_full"]["top1_mean"]
-    return 100 * (study[name]["top1_mean"] - lo) / (hi - lo) if hi > lo else None
-
-
-def check_targets(study: dict, dtg: str, supervised: str = "supervised", ssl: str = "ssl") -> list[dict]:
-    """The targets, each on the test split's means and on the paired per-seed differences. A target with a
-    positive margin needs the mean difference to reach it and the paired 95 % interval to exclude 0; one
-    with a margin of 0 or below needs the mean difference only. ``supervised``: the supervised entry joint
-    training is held against (the better of the two supervised recipes on val); ``ssl``: the SSL entry DTG
-    is held against (the better schedule on val). One seed (an interim report) meets no positive margin: it
-    has no interval."""
-
-    def target(text: str, a: str, b: str, margin: float, metric: str = "top1") -> dict:
-        gap, ci, n = paired(study, a, b, metric)
-        met = gap >= margin and (margin <= 0 or (n >= 2 and ci[0] > 0))  # one seed has no interval
-        return {"target": text, "gap": round(gap, 2), "margin": margin, "met": bool(met), "seeds": n,
-                "paired_ci95": [round(ci[0], 2), round(ci[1], 2)]}
-
-    teachers = [n for n in study if n.startswith("teacher_knn_")]
-    best_teacher = max(teachers, key=lambda n: study[n]["knn_mean"])
-    out = [target(f"{dtg} >= scratch + 15", dtg, "scratch", 15),
-           target(f"{dtg} >= {ssl} + 5", dtg, ssl, 5)]
-    if "scratch_full" in study:  # a share of means: no per-seed interval; None where full labels did not help
-        share = label_gap_share(study, dtg)
-        out.append({"target": f"{dtg} closes >= 50 % of the label gap (scratch -> scratch_full)",
-                    "gap": None if share is None else round(share, 1), "margin": 50,
-                    "met": share is not None and share >= 50, "seeds": None, "paired_ci95": None})
-    out.append(target(f"{dtg} kNN >= the best teacher's kNN ({best_teacher}) + 5", dtg, best_teacher, 5, "knn"))
-    if "dtg_full" in study:
-        out.append(target("dtg_full >= scratch_full + 3 (100 % of the labels)", "dtg_full", "scratch_full", 3))
-    if "dtg_1of4" in study:
-        out += [target("dtg_1of4 >= ssl on every video (kNN)", "dtg_1of4", "ssl", 0, "knn"),
-                target("dtg_1of4 >= ssl on every video (top-1)", "dtg_1of4", "ssl", 0)]
-    return out + [
-        target(f"joint_dtg >= {supervised} + 3 (the better supervised recipe on val)", "joint_dtg", supervised, 3),
-        target("dtg_adaptive >= dtg_best_fixed - 1", "dtg_adaptive", "dtg_best_fixed", -1),
-        target("vit_dtg >= vit_ssl (the method carries over to a ViT student)", "vit_dtg", "vit_ssl", 0),
-    ]
-
-
 def run_study(out, quick: bool = False, force: bool = False, resume: bool = False, progress: bool = True,
               plan: StudyPlan | None = None, command: str = "", interim: bool = False) -> dict:
     """Run (or with ``resume``, continue) the study in ``out`` and write its report. ``interim``: train
@@ -522,11 +424,11 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
         if interim:  # the report covers what the study there plans
             plan = dataclasses.replace(plan, **{k: old.get(k, getattr(StudyPlan, k)) for k in ADDITIVE_PLAN_KEYS})
         elif old != new:  # entries added: trained from now on, and the report covers them
-            _write_json(stored, plan.describe())
+            write_json_atomic(stored, plan.describe())
     else:
         out = fresh_out_dir(out, force)
-        _write_json(out / "records" / "plan.json", plan.describe())
-        _write_json(out / "records" / "command.json", {"command": command})
+        write_json_atomic(out / "records" / "plan.json", plan.describe())
+        write_json_atomic(out / "records" / "command.json", {"command": command})
     first = out / "records" / "command.json"  # study.md names the command that started the study
     command = json.loads(first.read_text())["command"] if first.is_file() else command
     t0 = time.time()
@@ -575,14 +477,7 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
         "supervised_baseline": supervised, "ssl_baseline": ssl, "targets": check_targets(results, dtg, supervised, ssl),
         "per_seed": per_seed,
     }
-    _write_json(out / "study.json", results)
-    _write_json(out / "runs.json", meta)
+    write_json_atomic(out / "study.json", results)
+    write_json_atomic(out / "runs.json", meta)
     write_study_report(out, results, meta)
     return {"results": results, "meta": meta}
-
-
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)

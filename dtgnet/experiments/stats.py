@@ -1,0 +1,111 @@
+"""The study's statistics and entry names: seed means with t intervals, paired per-seed differences, the
+share of the label gap, the targets. Pure functions of the study's records (``study.json``)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def grid_name(weights: tuple[float, float]) -> str:
+    named = {(1.0, 0.0): "dtg_imagenet", (0.0, 1.0): "dtg_action", (1.0, 1.0): "dtg_equal"}
+    return named.get(tuple(weights), "dtg_w{:g}_{:g}".format(*weights))
+
+
+def fraction_name(kind: str, fraction: float) -> str:
+    """``dtg_1of4``: ``kind`` pre-trained on a quarter of the unlabelled videos."""
+    return f"{kind}_1of{round(1 / fraction):d}"
+
+
+def summarise(values: list[float]) -> tuple[float, list[float]]:
+    """Mean and two-sided 95 % Student-t confidence interval of the mean (a single value: a zero-width one)."""
+    from scipy.stats import t
+
+    x = np.asarray(values, dtype=float)
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, [m, m]
+    half = float(t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    return m, [m - half, m + half]
+
+
+def entry_stats(seeds: dict[str, dict]) -> dict:
+    """``{seed: {"top1", "knn", "r1"}}`` (fractions) -> study.json's shape, in percent."""
+    out = {}
+    for metric in ("top1", "knn", "r1"):
+        values = [100 * seeds[s][metric] for s in sorted(seeds, key=int)]
+        m, ci = summarise(values)
+        out.update({f"{metric}_mean": round(m, 2), f"{metric}_ci95": [round(ci[0], 2), round(ci[1], 2)],
+                    f"{metric}_seeds": [round(v, 2) for v in values]})
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the runs
+
+def best_on_val(per_seed: dict[str, dict[str, dict]], names: list[str]) -> tuple[str, dict[str, float]]:
+    """The name with the highest mean val top-1, and every name's mean val top-1, over the seeds every name
+    has (a 5-seed entry is not compared on seeds a 3-seed one never saw)."""
+    shared = set.intersection(*(set(per_seed[n]) for n in names))
+    val = {n: float(np.mean([per_seed[n][s]["val_top1"] for s in sorted(shared)])) for n in names}
+    return max(names, key=lambda n: val[n]), val
+
+
+def seed_differences(study: dict, a: str, b: str, metric: str = "top1") -> list[float]:
+    """The per-seed differences ``a - b`` (points) over the seeds both have (the entries of a seed share its
+    labelled videos and initial draw). A single-run entry (a teacher's kNN) is compared with every seed of the
+    other."""
+    xs, ys = study[a][f"{metric}_seeds"], study[b][f"{metric}_seeds"]
+    ys = ys * len(xs) if len(ys) == 1 else ys
+    return [x - y for x, y in zip(xs, ys)]
+
+
+def paired(study: dict, a: str, b: str, metric: str = "top1") -> tuple[float, list[float], int]:
+    """Mean and 95 % interval of :func:`seed_differences`, and how many seeds that is."""
+    diffs = seed_differences(study, a, b, metric)
+    m, ci = summarise(diffs)
+    return m, ci, len(diffs)
+
+
+def label_gap_share(study: dict, name: str) -> float | None:
+    """The share (%) of the label gap, scratch at 10 % of the labels -> ``scratch_full``, that ``name``
+    closes; None without the ceiling or with no gap."""
+    if "scratch_full" not in study:
+        return None
+    lo, hi = study["scratch"]["top1_mean"], study["scratch_full"]["top1_mean"]
+    return 100 * (study[name]["top1_mean"] - lo) / (hi - lo) if hi > lo else None
+
+
+def check_targets(study: dict, dtg: str, supervised: str = "supervised", ssl: str = "ssl") -> list[dict]:
+    """The targets, each on the test split's means and on the paired per-seed differences. A target with a
+    positive margin needs the mean difference to reach it and the paired 95 % interval to exclude 0; one
+    with a margin of 0 or below needs the mean difference only. ``supervised``: the supervised entry joint
+    training is held against (the better of the two supervised recipes on val); ``ssl``: the SSL entry DTG
+    is held against (the better schedule on val). One seed (an interim report) meets no positive margin: it
+    has no interval."""
+
+    def target(text: str, a: str, b: str, margin: float, metric: str = "top1") -> dict:
+        gap, ci, n = paired(study, a, b, metric)
+        met = gap >= margin and (margin <= 0 or (n >= 2 and ci[0] > 0))  # one seed has no interval
+        return {"target": text, "gap": round(gap, 2), "margin": margin, "met": bool(met), "seeds": n,
+                "paired_ci95": [round(ci[0], 2), round(ci[1], 2)]}
+
+    teachers = [n for n in study if n.startswith("teacher_knn_")]
+    best_teacher = max(teachers, key=lambda n: study[n]["knn_mean"])
+    out = [target(f"{dtg} >= scratch + 15", dtg, "scratch", 15),
+           target(f"{dtg} >= {ssl} + 5", dtg, ssl, 5)]
+    if "scratch_full" in study:  # a share of means: no per-seed interval; None where full labels did not help
+        share = label_gap_share(study, dtg)
+        out.append({"target": f"{dtg} closes >= 50 % of the label gap (scratch -> scratch_full)",
+                    "gap": None if share is None else round(share, 1), "margin": 50,
+                    "met": share is not None and share >= 50, "seeds": None, "paired_ci95": None})
+    out.append(target(f"{dtg} kNN >= the best teacher's kNN ({best_teacher}) + 5", dtg, best_teacher, 5, "knn"))
+    if "dtg_full" in study:
+        out.append(target("dtg_full >= scratch_full + 3 (100 % of the labels)", "dtg_full", "scratch_full", 3))
+    if "dtg_1of4" in study:
+        out += [target("dtg_1of4 >= ssl on every video (kNN)", "dtg_1of4", "ssl", 0, "knn"),
+                target("dtg_1of4 >= ssl on every video (top-1)", "dtg_1of4", "ssl", 0)]
+    return out + [
+        target(f"joint_dtg >= {supervised} + 3 (the better supervised recipe on val)", "joint_dtg", supervised, 3),
+        target("dtg_adaptive >= dtg_best_fixed - 1", "dtg_adaptive", "dtg_best_fixed", -1),
+        target("vit_dtg >= vit_ssl (the method carries over to a ViT student)", "vit_dtg", "vit_ssl", 0),
+    ]
