@@ -1,5 +1,4 @@
 """Exact resume after SIGKILL, atomic checkpoints, non-finite losses, input validation."""
-import errno
 import os
 import random
 import shutil
@@ -13,13 +12,12 @@ import pytest
 import torch
 
 from dtgnet.cli import main
-from dtgnet.config import save_config
-from dtgnet.errors import EXIT_PREEMPTED, CheckpointError, Preempted
-from dtgnet.io import DiskFullError, atomic_save, load_checkpoint
+from dtgnet.errors import EXIT_PREEMPTED, Preempted
+from dtgnet.io import load_checkpoint
 from dtgnet.training import train
 from dtgnet.training.checkpoint import state_tensors
 from dtgnet.training.run_state import NonFiniteLoss
-from dtgnet.training.runlog import RunDir, RunDirError, read_log
+from dtgnet.training.runlog import read_log
 from tests.conftest import signal_in_step, wrap_dtg_loss
 from tests.test_training import tiny_cfg, tiny_overrides
 
@@ -127,39 +125,6 @@ def test_sigterm_checkpoints_within_a_step_and_resumes_bit_identical(tiny_synth,
     assert_same(out, reference, f"SIGTERM at step {saved}")
 
 
-def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
-    path = tmp_path / "last.pt"
-    atomic_save({"w": torch.ones(3)}, path)
-
-    def disk_full(obj, fh):
-        fh.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(DiskFullError, match="last.pt: No space left on device: writing it needs"):
-        atomic_save({"w": torch.zeros(3)}, path)
-    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.ones(3))
-    assert not list(tmp_path.glob("*.tmp"))
-
-
-def test_checkpoint_failure_in_a_run_is_a_clear_error(tiny_synth, tmp_path, monkeypatch):
-    cfg = tiny_cfg(tiny_synth, tmp_path / "full", **{"optim.max_steps": 3, "run.checkpoint_every": 1})
-    cfg.teachers = []
-    calls = {"n": 0}
-    real_save = torch.save
-
-    def fail_second(obj, fh):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_save(obj, fh)
-
-    monkeypatch.setattr(torch, "save", fail_second)
-    with pytest.raises(CheckpointError, match="previous checkpoint is intact"):
-        train(cfg, "pretrain", progress=False)
-    assert torch.load(tmp_path / "full" / "checkpoints" / "last.pt", weights_only=True)["step"] == 1
-
-
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_synth, tmp_path, monkeypatch):
     cfg = tiny_cfg(tiny_synth, tmp_path / "nan", **{"optim.max_steps": 6, "run.checkpoint_every": 1,
                                                     "run.log_every": 10})
@@ -189,109 +154,6 @@ def test_cli_rejects_bad_input_with_one_line(args, needle, capsys):
     err = capsys.readouterr().err
     assert needle in err and err.count("\n") == 1 and "Traceback" not in err
 
-
-def test_resume_cli_with_other_config_is_refused(tiny_synth, tmp_path, capsys):
-    cfg_args = tiny_overrides(tiny_synth, tmp_path / "r", **{"optim.max_steps": 1})
-    assert main(["pretrain", *cfg_args, "--no-progress"]) == 0
-    assert main(["pretrain", "-c", str(tmp_path / "r" / "config.yaml"), "optim.lr=0.5", "--resume"]) == 2
-    assert "config differs" in capsys.readouterr().err
-
-
-# ------------------------------------------------------------------------------------------ the run lock
-
-HOLD_LOCK = """
-import os, sys, time
-from dtgnet.training.runlog import RunDir
-run = RunDir(sys.argv[1], resume="auto")
-child = os.fork()  # a child that outlives its parent, holding every inherited descriptor
-if child == 0:
-    time.sleep(30)
-    os._exit(0)
-print("locked", child, flush=True)
-time.sleep(600)
-"""
-
-
-def test_force_refuses_a_live_run_and_names_it_then_clears_a_dead_ones(tmp_path):
-    out = tmp_path / "run"
-    (out / "checkpoints").mkdir(parents=True)
-    (out / "checkpoints" / "last.pt").write_bytes(b"precious")
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdout=subprocess.PIPE, text=True)
-    try:
-        said, child = holder.stdout.readline().split()
-        assert said == "locked"
-        with pytest.raises(RunDirError, match=f"live run holds this directory \\(pid {holder.pid} on "):
-            RunDir(out, force=True)
-        assert (out / "checkpoints" / "last.pt").read_bytes() == b"precious"  # nothing deleted under it
-    finally:
-        holder.kill()
-        holder.wait()
-    assert alive(int(child))  # still holding the lock file open
-    run = RunDir(out, force=True)  # the owner is dead: the lock is free at once, --force clears the rest
-    os.kill(int(child), signal.SIGKILL)
-    try:
-        assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoints"]
-        assert not any((out / "checkpoints").iterdir())
-    finally:
-        run.close()
-
-
-def test_resume_auto_starts_fresh_resumes_or_refuses(tiny_synth, tmp_path, capsys):
-    out = tmp_path / "auto"
-    args = tiny_overrides(tiny_synth, out, **{"optim.max_steps": 2})
-    assert main(["pretrain", *args, "--resume", "auto", "--no-progress"]) == 0  # new directory: fresh
-    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
-    more = tiny_overrides(tiny_synth, out, **{"optim.max_steps": 3})
-    assert main(["pretrain", *more, "--resume", "auto", "--no-progress"]) == 2  # a different config
-    assert "config differs" in capsys.readouterr().err
-    assert main(["pretrain", *args, "--resume", "auto", "--no-progress"]) == 0  # same config: resumes
-    resumes = [r for r in read_log(out / "log.jsonl") if r.get("event") == "resume"]
-    assert resumes and resumes[-1]["step"] == 2 and resumes[-1]["skipped"] == []
-    # a run that died before its first checkpoint: the same command starts it again
-    died = tmp_path / "died"
-    died.mkdir()
-    (died / "log.jsonl").write_text("")
-    save_config(tiny_cfg(tiny_synth, died, **{"optim.max_steps": 2}), died / "config.yaml")
-    assert main(["pretrain", *tiny_overrides(tiny_synth, died, **{"optim.max_steps": 2}), "--resume", "auto",
-                 "--no-progress"]) == 0
-    # a directory that is not a run is never cleared
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "notes.txt").write_text("mine")
-    assert main(["pretrain", *tiny_overrides(tiny_synth, other), "--resume", "auto"]) == 2
-    assert "not a run directory" in capsys.readouterr().err
-    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
-
-
-# ------------------------------------------------------------------------------------------ checkpoints
-
-def test_resume_falls_back_from_a_damaged_last_checkpoint(tiny_synth, tmp_path, capsys):
-    out = tmp_path / "fb"
-    args = tiny_overrides(tiny_synth, out, **{"optim.max_steps": 3, "run.checkpoint_every": 1,
-                                              "run.keep_checkpoints": 3})
-    assert main(["pretrain", *args, "--no-progress"]) == 0
-    ckpts = out / "checkpoints"
-    check = subprocess.run(["sha256sum", "-c", "last.pt.sha256", "step_00000002.pt.sha256"], cwd=ckpts,
-                           capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout + check.stderr  # the sidecars are standard sha256sum lines
-    last = ckpts / "last.pt"  # a hard link to step 3: damaging one damages both
-    data = bytearray(last.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    last.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="checksum mismatch"):
-        load_checkpoint(last)
-    (ckpts / "step_00000002.pt").write_bytes((ckpts / "step_00000002.pt").read_bytes()[:1000])  # cut short
-    more = tiny_overrides(tiny_synth, out, **{"optim.max_steps": 3, "run.checkpoint_every": 1,
-                                              "run.keep_checkpoints": 3})
-    assert main(["pretrain", *more, "--resume", "auto", "--no-progress"]) == 0
-    err = capsys.readouterr().err
-    assert "resuming from" in err and "step_00000001.pt" in err and "checksum mismatch" in err
-    resume = [r for r in read_log(out / "log.jsonl") if r.get("event") == "resume"][-1]
-    assert resume["step"] == 1 and len(resume["skipped"]) == 3  # last.pt, step 3, step 2
-    assert load_checkpoint(ckpts / "last.pt")["step"] == 3  # trained on from step 1
-
-
-# ------------------------------------------------------------------------------------------ full disks
 
 @pytest.fixture()
 def small_disk(tmp_path):

@@ -1,11 +1,8 @@
 import pytest
 import torch
 
-from dtgnet.config import load_config
-from dtgnet.errors import CheckpointError, ConfigError
-from dtgnet.students import DTGStudent, build_student, initialise_backbone
+from dtgnet.students import DTGStudent
 from dtgnet.students.tsn import TemporalShift
-from dtgnet.students.vit import VideoViT
 
 
 @pytest.mark.parametrize("arch, frames, size, dim", [
@@ -41,66 +38,3 @@ def test_temporal_shift_moves_channels():
     assert y[0, :2].tolist() == x.view(3, 8)[1, :2].tolist()  # first fold from the future
     assert y[1, 2:4].tolist() == x.view(3, 8)[0, 2:4].tolist()  # second fold from the past
     assert y[2, :2].tolist() == [0, 0]
-
-
-def test_vit_attention_matches_a_naive_softmax_loop():
-    torch.manual_seed(0)
-    vit = VideoViT("vit_t", 2, 16, patch=8, tubelet=1)
-    attn = vit.blocks[0].attn
-    x = torch.randn(2, 5, 192)
-    q, k, v = attn.qkv(x).view(2, 5, 3, 3, 64).permute(2, 0, 3, 1, 4)  # 3x (B, heads, N, 64)
-    out = torch.zeros(2, 3, 5, 64)
-    for b in range(2):
-        for h in range(3):
-            for i in range(5):
-                w = torch.softmax(torch.stack([q[b, h, i] @ k[b, h, j] / 8.0 for j in range(5)]), 0)
-                out[b, h, i] = sum(w[j] * v[b, h, j] for j in range(5))
-    torch.testing.assert_close(attn(x), attn.proj(out.transpose(1, 2).reshape(2, 5, 192)))
-
-
-def test_vit_student_is_order_aware_and_checks_its_input():
-    torch.manual_seed(0)
-    m = DTGStudent("vit_t", 4, {}, size=32, patch_size=8).eval()
-    x = torch.rand(1, 4, 3, 32, 32)
-    with torch.no_grad():
-        assert not torch.allclose(m(x), m(x.flip(1)), atol=1e-4)  # time embedding + tubelets see direction
-    with pytest.raises(ValueError, match="tokens"):
-        m(torch.rand(1, 4, 3, 48, 48))
-    with pytest.raises(ConfigError, match="student.patch_size"):
-        load_config(None, ["student.arch=vit_s", "data.size=40"], check_paths=False)
-    with pytest.raises(ConfigError, match="student.tubelet"):
-        load_config(None, ["student.arch=vit_s", "data.frames=3", "data.size=32"], check_paths=False)
-    with pytest.raises(ConfigError, match="student.init_from"):
-        load_config(None, ["student.init_from=x.safetensors"], check_paths=False)
-
-
-def test_vit_inflated_from_an_image_vit_sees_a_still_video_as_the_image(tmp_path):
-    timm = pytest.importorskip("timm")
-    from safetensors.torch import save_file
-
-    torch.manual_seed(0)
-    image = timm.create_model("vit_tiny_patch16_224", pretrained=False, global_pool="avg", class_token=False,
-                              img_size=32, patch_size=16, num_classes=0).eval()
-    path = tmp_path / "vit_tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in image.state_dict().items()}, str(path))
-    cfg = load_config(None, ["student.arch=vit_t", "student.patch_size=16", "data.size=32", "data.frames=2",
-                             f"student.init_from={path}"], check_paths=False)
-    model = build_student(cfg, {})
-    initialise_backbone(model, cfg)
-    frame = torch.rand(1, 3, 32, 32)
-    still = frame[:, None].repeat(1, 2, 1, 1, 1)  # (1, T=2, 3, 32, 32): one tubelet per patch
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
-    with torch.no_grad():  # timm: blocks, mean over patch tokens, fc_norm
-        expected = image.forward_head(image.forward_features((frame - mean) / std), pre_logits=True)
-        torch.testing.assert_close(model.eval()(still), expected, atol=1e-4, rtol=1e-4)
-    scaled = tmp_path / "layer_scale.safetensors"
-    save_file({**image.state_dict(), "blocks.0.ls1.gamma": torch.ones(192)}, str(scaled))
-    cfg.student.init_from = str(scaled)
-    with pytest.raises(CheckpointError, match="blocks.0.ls1.gamma"):
-        initialise_backbone(build_student(cfg, {}), cfg)
-    wrong = tmp_path / "other.safetensors"
-    save_file({"patch_embed.proj.weight": torch.zeros(8, 3, 16, 16)}, str(wrong))
-    cfg.student.init_from = str(wrong)
-    with pytest.raises(CheckpointError, match="other.safetensors: not a timm ViT of width 192"):
-        initialise_backbone(build_student(cfg, {}), cfg)
-
