@@ -10,26 +10,28 @@ import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from .dist import default_workers
 from .errors import ConfigError, first_line
-from .registry import STUDENTS, TEACHER_SOURCES
+from .registry import STUDENTS, TEACHER_SOURCES, TEACHER_TERMS
 
-DATA_FORMATS = ("list", "ucf101", "hmdb51", "kinetics", "folders", "frames")
-BACKENDS = ("pyav", "decord", "torchcodec")
-EMBEDDINGS = ("default", "projected", "pooled", "cls", "mean_patch")
-PRECISIONS = ("auto", "bf16", "fp32")
-LOSS_FORMS = ("infonce", "margin")
-WEIGHTINGS = ("fixed", "learned", "adaptive")
-DEVICES = ("auto", "cpu", "cuda")
+DataFormat = Literal["list", "ucf101", "hmdb51", "kinetics", "folders", "frames"]
+Backend = Literal["pyav", "decord", "torchcodec"]
+Embedding = Literal["default", "projected", "pooled", "cls", "mean_patch"]
+Precision = Literal["auto", "bf16", "fp32"]
+LossForm = Literal["infonce", "margin"]
+Weighting = Literal["fixed", "learned", "adaptive"]
+Device = Literal["auto", "cpu", "cuda"]
+DATA_FORMATS, BACKENDS, EMBEDDINGS, PRECISIONS, LOSS_FORMS, WEIGHTINGS, DEVICES = (
+    typing.get_args(t) for t in (DataFormat, Backend, Embedding, Precision, LossForm, Weighting, Device))
 
 
 @dataclass
 class DataConfig:
-    format: str = "list"
+    format: DataFormat = "list"
     """Dataset layout: list (`relative/path label` lines), ucf101, hmdb51, kinetics (csv), folders
     (`root/<class>/<video>`), frames (`root/<class>/<video>/<frame images>`)."""
     root: str = ""
@@ -60,7 +62,7 @@ class DataConfig:
     ``labelled_share`` labelled videos, and an epoch is one pass over the unlabelled ones."""
     labelled_share: float = 0.5
     """With joint_unlabelled: fraction of each batch drawn from the labelled videos."""
-    backend: str = "pyav"
+    backend: Backend = "pyav"
     """Video decoder: pyav (default), decord or torchcodec (optional extras)."""
     prepared: str = ""
     """Directory written by `dtgnet data prepare`: frames are read from its pre-decoded uint8 frame file
@@ -89,6 +91,25 @@ class DataConfig:
         return "frames" if self.format == "frames" else self.backend
 
 
+
+    def check(self, cfg: Config) -> None:
+        _choice("data.format", self.format, DATA_FORMATS)
+        _choice("data.backend", self.backend, BACKENDS)
+        _in_range("data.split", self.split, 1, 3)
+        _at_least("data.frames", self.frames, 1)
+        _at_least("data.stride", self.stride, 1)
+        _at_least("data.size", self.size, 16)
+        _at_least("data.eval_clips", self.eval_clips, 1)
+        _in_range("data.label_fraction", self.label_fraction, 0.0, 1.0, low_open=True)
+        _at_least("data.num_workers", self.num_workers, -1)
+        if self.joint_unlabelled:
+            batch = cfg.optim.batch_size
+            labelled = labelled_per_batch(self, batch)
+            if not 1 <= labelled < batch:
+                raise ConfigError("data.labelled_share", f"{self.labelled_share} gives {labelled} labelled videos "
+                                                         f"in a batch of {batch}; need 1 to {batch - 1}")
+        _in_range("data.max_bad_fraction", self.max_bad_fraction, 0.0, 1.0)
+
 @dataclass
 class TeacherConfig:
     name: str = "imagenet"
@@ -109,7 +130,7 @@ class TeacherConfig:
     model: str = ""
     """timm: model name (resnet50.a1_in1k); open_clip: model name (ViT-B-16) or a model-config JSON file;
     hf: model id (facebook/dinov2-small) or a local directory written by save_pretrained."""
-    embedding: str = "default"
+    embedding: Embedding = "default"
     """Which vector is the teacher's frame embedding: default (timm: pooled features; CLIP / SigLIP: the
     projected image embedding; other hf models: the CLS token), projected, pooled (hf: the vision tower's
     pooled output), cls or mean_patch (ViTs: the CLS token or the mean of the patch tokens)."""
@@ -120,11 +141,28 @@ class TeacherConfig:
     """Class names for the prompts; empty = the dataset's class names (ApplyEyeMakeup -> apply eye makeup)."""
     trust_remote_code: bool = False
     """hf only: allow a model whose repository ships its own Python code to run it. Off: such a model is refused."""
-    precision: str = "auto"
+    precision: Precision = "auto"
     """auto (bf16 on a GPU, fp32 on a CPU), bf16 or fp32: the autocast dtype of the teacher's forward pass."""
     compile: bool = False
     """Compile the teacher with torch.compile (pays on a GPU for long runs and caching; costs a warm-up)."""
 
+
+
+    def check(self, key: str, check_paths: bool) -> None:
+        """``key``: this teacher's place, ``teachers.<i>``; its source checks the keys it needs."""
+        source = TEACHER_SOURCES.get(self.source, f"{key}.source")
+        _at_least(f"{key}.weight", self.weight, 0.0)
+        if self.input_size:
+            _at_least(f"{key}.input_size", self.input_size, 32)
+        _choice(f"{key}.embedding", self.embedding, EMBEDDINGS)
+        _choice(f"{key}.precision", self.precision, PRECISIONS)
+        if self.prompt and not source.prompts:
+            raise ConfigError(f"{key}.prompt", "prompts need a CLIP-family teacher (source open_clip or hf)")
+        if self.prompt and "{}" not in self.prompt:
+            raise ConfigError(f"{key}.prompt", f"must hold {{}} where the class name goes, got {self.prompt!r}")
+        if not self.name:
+            raise ConfigError(f"{key}.name", "must not be empty")
+        source.check(key, self, check_paths)
 
 @dataclass
 class StudentConfig:
@@ -152,9 +190,21 @@ class StudentConfig:
     """Dropout before the classifier in finetune/joint."""
 
 
+
+    def check(self, cfg: Config) -> None:
+        arch = STUDENTS.get(self.arch, "student.arch")
+        _at_least("student.patch_size", self.patch_size, 1)
+        _at_least("student.tubelet", self.tubelet, 1)
+        arch.check(cfg)
+        if self.init_from and not arch.init_from:
+            raise ConfigError("student.init_from", f"inflation needs a ViT student, not {self.arch}")
+        _at_least("student.proj_dim", self.proj_dim, 1)
+        _at_least("student.proj_hidden", self.proj_hidden, 1)
+        _in_range("student.dropout", self.dropout, 0.0, 1.0)
+
 @dataclass
 class LossConfig:
-    form: str = "infonce"
+    form: LossForm = "infonce"
     """Teacher/self term form: infonce (default) or margin (Hadsell-style contrastive)."""
     tau: float = 0.1
     """InfoNCE temperature."""
@@ -162,7 +212,7 @@ class LossConfig:
     """Margin m of the margin form (embeddings are unit vectors, so distances lie in [0, 2])."""
     self_weight: float = 1.0
     """Weight w_0 of the student self term; 0 disables it."""
-    weighting: str = "fixed"
+    weighting: Weighting = "fixed"
     """Teacher weighting: fixed (teachers[*].weight), learned (uncertainty weighting) or adaptive (label-free,
     from how well each teacher separates the batch's videos)."""
     adaptive_momentum: float = 0.9
@@ -192,6 +242,30 @@ class LossConfig:
     forward pass per step); needs loss.self_weight > 0; 0 disables it."""
 
 
+
+    def check(self, cfg: Config) -> None:
+        _choice("loss.form", self.form, LOSS_FORMS)
+        _in_range("loss.tau", self.tau, 0.0, 10.0, low_open=True)
+        _in_range("loss.margin", self.margin, 0.0, 2.0, low_open=True)
+        _at_least("loss.self_weight", self.self_weight, 0.0)
+        _choice("loss.weighting", self.weighting, WEIGHTINGS)
+        _in_range("loss.adaptive_momentum", self.adaptive_momentum, 0.0, 1.0)
+        _in_range("loss.adaptive_temperature", self.adaptive_temperature, 0.0, 100.0, low_open=True)
+        _at_least("loss.joint_lambda", self.joint_lambda, 0.0)
+        _at_least("loss.queue_size", self.queue_size, 0)
+        _in_range("loss.relational_tau", self.relational_tau, 0.0, 10.0, low_open=True)
+        _at_least("loss.reverse_weight", self.reverse_weight, 0.0)
+        per_segment = STUDENTS.get(cfg.student.arch, "student.arch").per_segment
+        for term in TEACHER_TERMS:  # every registered term inside L_k: its weight, and what it needs
+            key, weight = f"loss.{term.weight_key}", getattr(self, term.weight_key)
+            _at_least(key, weight, 0.0)
+            if weight > 0 and term.needs_segments and not per_segment:
+                raise ConfigError(key, f"the {term.name} term needs a student with one feature per segment "
+                                       f"(student.arch=tsn_r18), not {cfg.student.arch}")
+        if self.reverse_weight > 0 and self.self_weight <= 0:
+            raise ConfigError("loss.reverse_weight", "the time-arrow term is part of the self term: it needs "
+                                                     "loss.self_weight > 0")
+
 @dataclass
 class OptimConfig:
     epochs: int = 10
@@ -210,13 +284,23 @@ class OptimConfig:
     """Stop after this many steps (0: run all epochs)."""
 
 
+
+    def check(self) -> None:
+        _at_least("optim.epochs", self.epochs, 1)
+        _at_least("optim.batch_size", self.batch_size, 2)
+        _in_range("optim.lr", self.lr, 0.0, 10.0, low_open=True)
+        _at_least("optim.head_lr_scale", self.head_lr_scale, 0.0)
+        _at_least("optim.weight_decay", self.weight_decay, 0.0)
+        _at_least("optim.warmup_steps", self.warmup_steps, 0)
+        _at_least("optim.max_steps", self.max_steps, 0)
+
 @dataclass
 class RunConfig:
     out: str = "runs/run"
     """Run directory for config.yaml, log.jsonl, TensorBoard events, metrics.json and checkpoints/."""
     seed: int = 0
     """Seed for sampling, augmentation and initialisation."""
-    device: str = "auto"
+    device: Device = "auto"
     """auto (cuda when available), cpu or cuda."""
     amp: bool = True
     """bf16 autocast on GPU (ignored on CPU)."""
@@ -244,6 +328,18 @@ class RunConfig:
     threads: int = 0
     """torch CPU threads (0: torch's default)."""
 
+
+
+    def check(self) -> None:
+        _choice("run.device", self.device, DEVICES)
+        _at_least("run.log_every", self.log_every, 1)
+        _at_least("run.peak_tflops", self.peak_tflops, 0.0)
+        _at_least("run.dist_timeout_s", self.dist_timeout_s, 1.0)
+        _at_least("run.keep_checkpoints", self.keep_checkpoints, 1)
+        _at_least("run.threads", self.threads, 0)
+        _at_least("run.checkpoint_every", self.checkpoint_every, 1)
+        if not self.out:
+            raise ConfigError("run.out", "must not be empty")
 
 @dataclass
 class Config:
@@ -274,6 +370,9 @@ def _coerce(key: str, tp, value):
             raise ConfigError(key, f"expected a mapping, got {value!r}")
         return build_section(tp, value, key)
     origin = typing.get_origin(tp)
+    if origin is Literal:
+        _choice(key, value, typing.get_args(tp))
+        return value
     if origin is list:
         (item_tp,) = typing.get_args(tp)
         if not isinstance(value, list):
@@ -422,90 +521,20 @@ def _in_range(key, value, low, high, low_open=False):
 
 
 def validate(cfg: Config, check_paths: bool = True) -> None:
-    """Range, choice and path checks; raises ConfigError naming the first bad key."""
-    d, s, lo, o, r = cfg.data, cfg.student, cfg.loss, cfg.optim, cfg.run
-    _choice("data.format", d.format, DATA_FORMATS)
-    _choice("data.backend", d.backend, BACKENDS)
-    _in_range("data.split", d.split, 1, 3)
-    _at_least("data.frames", d.frames, 1)
-    _at_least("data.stride", d.stride, 1)
-    _at_least("data.size", d.size, 16)
-    _at_least("data.eval_clips", d.eval_clips, 1)
-    _in_range("data.label_fraction", d.label_fraction, 0.0, 1.0, low_open=True)
-    _at_least("data.num_workers", d.num_workers, -1)
-    if d.joint_unlabelled:
-        labelled = labelled_per_batch(d, cfg.optim.batch_size)
-        if not 1 <= labelled < cfg.optim.batch_size:
-            raise ConfigError("data.labelled_share", f"{d.labelled_share} gives {labelled} labelled videos in a "
-                                                     f"batch of {cfg.optim.batch_size}; need 1 to "
-                                                     f"{cfg.optim.batch_size - 1}")
-    _in_range("data.max_bad_fraction", d.max_bad_fraction, 0.0, 1.0)
-    names = set()
+    """Range, choice and path checks, section by section; raises ConfigError naming the first bad key."""
+    cfg.data.check(cfg)
+    names: set[str] = set()
     for i, t in enumerate(cfg.teachers):
-        key = f"teachers.{i}"
-        source = TEACHER_SOURCES.get(t.source, f"{key}.source")
-        _at_least(f"{key}.weight", t.weight, 0.0)
-        if t.input_size:
-            _at_least(f"{key}.input_size", t.input_size, 32)
-        _choice(f"{key}.embedding", t.embedding, EMBEDDINGS)
-        _choice(f"{key}.precision", t.precision, PRECISIONS)
-        if t.prompt and not source.prompts:
-            raise ConfigError(f"{key}.prompt", "prompts need a CLIP-family teacher (source open_clip or hf)")
-        if t.prompt and "{}" not in t.prompt:
-            raise ConfigError(f"{key}.prompt", f"must hold {{}} where the class name goes, got {t.prompt!r}")
-        if not t.name:
-            raise ConfigError(f"{key}.name", "must not be empty")
+        t.check(f"teachers.{i}", check_paths)
         if t.name in names:
-            raise ConfigError(f"{key}.name", f"duplicate teacher name {t.name!r}")
+            raise ConfigError(f"teachers.{i}.name", f"duplicate teacher name {t.name!r}")
         names.add(t.name)
-        source.check(key, t, check_paths)
-    arch = STUDENTS.get(s.arch, "student.arch")
-    _at_least("student.patch_size", s.patch_size, 1)
-    _at_least("student.tubelet", s.tubelet, 1)
-    arch.check(cfg)
-    if s.init_from and not arch.init_from:
-        raise ConfigError("student.init_from", f"inflation needs a ViT student, not {s.arch}")
-    _at_least("student.proj_dim", s.proj_dim, 1)
-    _at_least("student.proj_hidden", s.proj_hidden, 1)
-    _in_range("student.dropout", s.dropout, 0.0, 1.0)
-    _choice("loss.form", lo.form, LOSS_FORMS)
-    _in_range("loss.tau", lo.tau, 0.0, 10.0, low_open=True)
-    _in_range("loss.margin", lo.margin, 0.0, 2.0, low_open=True)
-    _at_least("loss.self_weight", lo.self_weight, 0.0)
-    _choice("loss.weighting", lo.weighting, WEIGHTINGS)
-    _in_range("loss.adaptive_momentum", lo.adaptive_momentum, 0.0, 1.0)
-    _in_range("loss.adaptive_temperature", lo.adaptive_temperature, 0.0, 100.0, low_open=True)
-    _at_least("loss.joint_lambda", lo.joint_lambda, 0.0)
-    _at_least("loss.queue_size", lo.queue_size, 0)
-    _at_least("loss.regression_weight", lo.regression_weight, 0.0)
-    _at_least("loss.relational_weight", lo.relational_weight, 0.0)
-    _in_range("loss.relational_tau", lo.relational_tau, 0.0, 10.0, low_open=True)
-    _at_least("loss.reverse_weight", lo.reverse_weight, 0.0)
-    _at_least("loss.segment_weight", lo.segment_weight, 0.0)
-    if lo.segment_weight > 0 and not arch.per_segment:
-        raise ConfigError("loss.segment_weight", f"per-segment alignment needs a student with one feature per "
-                                                 f"segment (student.arch=tsn_r18), not {s.arch}")
-    if lo.reverse_weight > 0 and lo.self_weight <= 0:
-        raise ConfigError("loss.reverse_weight", "the time-arrow term is part of the self term: it needs "
-                                                 "loss.self_weight > 0")
-    _at_least("optim.epochs", o.epochs, 1)
-    _at_least("optim.batch_size", o.batch_size, 2)
-    _in_range("optim.lr", o.lr, 0.0, 10.0, low_open=True)
-    _at_least("optim.head_lr_scale", o.head_lr_scale, 0.0)
-    _at_least("optim.weight_decay", o.weight_decay, 0.0)
-    _at_least("optim.warmup_steps", o.warmup_steps, 0)
-    _at_least("optim.max_steps", o.max_steps, 0)
-    _choice("run.device", r.device, DEVICES)
-    _at_least("run.log_every", r.log_every, 1)
-    _at_least("run.peak_tflops", r.peak_tflops, 0.0)
-    _at_least("run.dist_timeout_s", r.dist_timeout_s, 1.0)
-    _at_least("run.keep_checkpoints", r.keep_checkpoints, 1)
-    _at_least("run.threads", r.threads, 0)
-    _at_least("run.checkpoint_every", r.checkpoint_every, 1)
-    if not r.out:
-        raise ConfigError("run.out", "must not be empty")
+    cfg.student.check(cfg)
+    cfg.loss.check(cfg)
+    cfg.optim.check()
+    cfg.run.check()
     if check_paths:
-        validate_data_paths(d)
+        validate_data_paths(cfg.data)
 
 
 def validate_data_paths(d: DataConfig) -> None:
