@@ -56,3 +56,17 @@ class Preempted(Exception):
     def __init__(self, stopped: str, hint: str = "continue with --resume (or --resume auto)"):
         super().__init__(f"{stopped}; {hint}")
         self.stopped = stopped
+
+
+def raised_in_worker(e: DtgError) -> DtgError:
+    """A DtgError raised in a DataLoader worker reaches the main process as "Caught X in DataLoader worker
+    process N." followed by the worker's traceback; this is the same error with the message it was raised
+    with, so the user reads the one line they would read without workers."""
+    text = str(e)
+    if not text.startswith("Caught "):
+        return e
+    prefix = f"{type(e).__module__}.{type(e).__qualname__}: "
+    for line in reversed(text.splitlines()):
+        if line.startswith(prefix):
+            return type(e)(line[len(prefix):])
+    return e

@@ -116,6 +116,7 @@ def eval_dataset(cfg, subset: str, temporal: str) -> VideoDataset:
     """The labelled videos of ``subset`` as fixed evaluation clips; ``temporal`` is the network's sampling
     (``segments`` or ``clip``)."""
     videos = load_split(cfg.data, subset)
+    videos.require_present()
     entries = [e for e in videos.good if e.label >= 0]
     if not entries:
         raise DataError(f"{videos.source}: no labelled entries to evaluate on")
@@ -139,9 +140,14 @@ def evaluate_model(model: DTGStudent, cfg, protocol: str, device="cpu", progress
         out["labels"] = test["labels"].tolist()
         return out
     train = extract(model, eval_dataset(cfg, "train", model.temporal), device, progress=progress, desc="train clips")
+    return frozen_protocol(protocol, train, test, cfg.run.seed)
+
+
+def frozen_protocol(protocol: str, train: dict, test: dict, seed: int) -> dict:
+    """A protocol that trains nothing in the network (linear, knn, retrieval), from extracted features."""
     if protocol == "linear":
         return {"top1": linear_probe(train["feats"].mean(1), train["labels"], test["feats"].mean(1),
-                                     test["labels"], cfg.run.seed)}
+                                     test["labels"], seed)}
     res = frozen_feature_scores(train, test)
     return {"top1": res["knn_top1"]} if protocol == "knn" else {k: res[k] for k in res if k.startswith("R@")}
 
@@ -177,13 +183,49 @@ def evaluate_checkpoints(checkpoints: list[str], cfg, protocol: str, splits: lis
     if protocol == "finetune" and len(splits) > 1 and len(checkpoints) != len(splits):
         raise CheckpointError("the finetune protocol over several splits needs one fine-tuned checkpoint "
                               "per split (--checkpoint given once per split, in split order)")
-    per_split = {}
-    for i, split in enumerate(splits):
-        ckpt = checkpoints[i] if len(checkpoints) > 1 else checkpoints[0]
-        model = load_student(ckpt, device)
-        scfg = split_config(cfg, split) if len(splits) > 1 or split != cfg.data.split else cfg
-        res = evaluate_model(model, scfg, protocol, device, progress)
-        per_split[split] = {k: v for k, v in res.items() if isinstance(v, float)}
+    if protocol != "finetune" and len(checkpoints) == 1 and len(splits) > 1:
+        per_split = _frozen_over_splits(load_student(checkpoints[0], device), cfg, protocol, splits, device, progress)
+    else:
+        per_split = {}
+        for i, split in enumerate(splits):
+            model = load_student(checkpoints[i] if len(checkpoints) > 1 else checkpoints[0], device)
+            scfg = split_config(cfg, split) if len(splits) > 1 or split != cfg.data.split else cfg
+            res = evaluate_model(model, scfg, protocol, device, progress)
+            per_split[split] = {k: v for k, v in res.items() if isinstance(v, float)}
     keys = per_split[splits[0]].keys()
     mean = {k: float(np.mean([per_split[s][k] for s in splits])) for k in keys}
     return {"protocol": protocol, "splits": per_split, "mean": mean}
+
+
+def _frozen_over_splits(model: DTGStudent, cfg, protocol: str, splits: list[int], device, progress: bool) -> dict:
+    """The official splits hold the same videos: extract every video's features once, then score each split's
+    train and test sets from those rows."""
+    sets = {}  # (split, subset) -> its evaluation dataset
+    for split in splits:
+        scfg = split_config(cfg, split)
+        for subset in ("train", "test"):
+            sets[split, subset] = eval_dataset(scfg, subset, model.temporal)
+    rows: dict[str, int] = {}
+    union = []
+    for dataset in sets.values():
+        for entry in dataset.entries:
+            key = str(dataset.videos.full_path(entry))
+            if key not in rows:
+                rows[key] = len(union)
+                union.append(entry)
+    first = next(iter(sets.values()))
+    everything = VideoDataset(first.videos, "eval", cfg.data.frames, cfg.data.size, model.temporal, cfg.data.stride,
+                              clips=cfg.data.eval_clips, reader=reader_for(cfg.data), seed=cfg.run.seed,
+                              entries=union)
+    feats = extract(model.to(device), everything, device, progress=progress,
+                    desc=f"{len(union)} videos of {len(splits)} splits")["feats"]
+
+    def part(dataset: VideoDataset) -> dict:
+        index = torch.tensor([rows[str(dataset.videos.full_path(e))] for e in dataset.entries])
+        return {"feats": feats[index], "labels": torch.tensor([e.label for e in dataset.entries])}
+
+    per_split = {}
+    for split in splits:
+        res = frozen_protocol(protocol, part(sets[split, "train"]), part(sets[split, "test"]), cfg.run.seed)
+        per_split[split] = {k: v for k, v in res.items() if isinstance(v, float)}
+    return per_split

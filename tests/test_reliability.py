@@ -217,3 +217,50 @@ def test_sigusr1_in_process_stops_after_the_step_with_a_checkpoint(tiny_synth, t
     assert calls["n"] == 2  # no step started after the signal
     assert load_checkpoint(tmp_path / "usr1" / "checkpoints" / "last.pt")["step"] == 2
     assert signal.getsignal(signal.SIGUSR1) is before  # the run's handler is gone with the run
+
+
+def test_a_wrong_data_root_is_one_line_before_any_directory(tiny_synth, tmp_path, capsys):
+    """Every listed file missing (data.root names another folder): one line naming data.root and a missing
+    path, and no run directory left behind."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "run"
+    args = tiny_overrides(tiny_synth, out) + [f"data.root={elsewhere}", "data.num_workers=1"]
+    assert main(["pretrain", *args, "--no-progress"]) == 2
+    line = one_line_error(capsys)
+    assert f"data.root={elsewhere}" in line and str(elsewhere / "videos" / "train") in line
+    assert "24 of 24 listed videos are missing" in line
+    assert not out.exists()
+
+
+def test_missing_files_are_counted_when_the_list_is_loaded(tiny_synth, tmp_path):
+    """A few missing files: bad items from the start, named in the log and the metrics; the usable count is
+    the files', not the entries'."""
+    lines = (tiny_synth / "train.txt").read_text().splitlines()
+    listed = tmp_path / "train.txt"
+    listed.write_text("\n".join(lines[:16] + [f"videos/train/gone_{i}.mp4 0" for i in range(3)]) + "\n")
+    cfg = tiny_cfg(tiny_synth, tmp_path / "run", **{"data.train_list": listed, "optim.batch_size": 4})
+    cfg.teachers = []
+    metrics = train(cfg, "pretrain", progress=False)
+    assert metrics["videos"] == 16
+    gone = [b for b in metrics["bad_items"] if "gone_" in b["path"]]
+    assert len(gone) == 3 and all(b["reason"] == "file not found" for b in gone)
+    logged = [r for r in read_log(tmp_path / "run" / "log.jsonl") if r.get("event") == "bad_item"]
+    assert {r["path"] for r in logged} == {b["path"] for b in gone}
+
+
+def test_an_error_in_a_dataloader_worker_is_the_same_one_line(tiny_synth, tmp_path, capsys):
+    """Undecodable files everywhere: the worker's TooManyBadItems reaches the user as its own message, not
+    as "Caught ... in DataLoader worker process 0" and the worker's traceback."""
+    root = tmp_path / "garbage"
+    (root / "v").mkdir(parents=True)
+    rng = random.Random(0)
+    for i in range(40):
+        (root / "v" / f"g{i}.mp4").write_bytes(bytes(rng.randrange(256) for _ in range(2000)))
+    (root / "train.txt").write_text("".join(f"v/g{i}.mp4 {i % 4}\n" for i in range(40)))
+    (root / "classes.txt").write_text("a\nb\nc\nd\n")
+    args = tiny_overrides(root, tmp_path / "run", **{"data.val_list": "", "data.test_list": "", "data.num_workers": 1,
+                                                     "data.max_bad_fraction": 1.0})
+    assert main(["pretrain", *args, "teachers=[]", "--no-progress"]) == 2
+    line = one_line_error(capsys)
+    assert "videos in a row failed to load" in line and "Caught" not in line

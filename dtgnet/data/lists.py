@@ -26,6 +26,9 @@ class Entry:
     """Why this entry cannot be used ('' when fine)."""
 
 
+MISSING = "file not found"
+
+
 @dataclass
 class VideoList:
     root: Path
@@ -42,6 +45,13 @@ class VideoList:
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    def require_present(self) -> None:
+        """Stop when most listed videos are missing: ``data.root`` then most likely names the wrong folder."""
+        missing = [e for e in self.entries if e.problem == MISSING]
+        if missing and 2 * len(missing) > len(self.entries):
+            raise DataError(f"{self.source}: {len(missing)} of {len(self.entries)} listed videos are missing under "
+                            f"data.root={self.root} (first: {self.full_path(missing[0])}); is data.root right?")
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -69,6 +79,8 @@ def _entry(root: Path, rel: str, label: int, num_classes: int) -> Entry:
     problem = _check_inside(root, rel)
     if not problem and num_classes and not (0 <= label < num_classes) and label != -1:
         problem = f"unknown label {label} (classes 0..{num_classes - 1})"
+    if not problem and not (root / rel).exists():  # one stat per entry: a wrong data.root shows at once
+        problem = MISSING
     return Entry(rel, label, problem)
 
 

@@ -33,7 +33,8 @@ from ..data.prepare import reader_for
 from ..data.samplers import LabelledShareSampler, ResumableSampler
 from ..data.video import get_reader
 from ..dist import init_distributed
-from ..errors import CheckpointError, ConfigError, DataError, DtgError, Preempted, first_line
+from ..errors import (CheckpointError, ConfigError, DataError, DtgError, Preempted, first_line,
+                      raised_in_worker)
 from ..io import DiskFullError, load_checkpoint
 from ..objectives import DTGObjective
 from ..objectives.objective import StudentOutputs, TeacherEmbeddings
@@ -146,6 +147,8 @@ class Trainer:
             torch.set_num_threads(cfg.run.threads)
         self.out = Path(cfg.run.out)
         self.run_dir = None
+        self.videos: VideoList = load_split(cfg.data, "train")
+        self.videos.require_present()  # a wrong data.root stops here, before any directory is made
         failure, resuming = None, False
         if self.dist.main:  # only rank 0 writes the run directory
             try:
@@ -194,7 +197,6 @@ class Trainer:
         seed_everything(cfg.run.seed)
         if not resume and self.dist.main:
             save_config(cfg, self.out / "config.yaml")
-        self.videos: VideoList = load_split(cfg.data, "train")
         self.uses_labels = self.mode in ("finetune", "joint")
         self.uses_teachers = self.mode in ("pretrain", "joint")
         self.list_bad = [(str(self.videos.full_path(e)), e.problem) for e in self.videos.entries if e.problem]
@@ -446,6 +448,8 @@ class Trainer:
                 yield next(batches)
             except StopIteration:
                 return
+            except DtgError as e:  # raised in a worker: the message it was raised with, not the worker's traceback
+                raise raised_in_worker(e) from None
             except RuntimeError:
                 if not self.preemption.requested:
                     raise
