@@ -33,8 +33,7 @@ from ..data.prepare import reader_for
 from ..data.samplers import LabelledShareSampler, ResumableSampler
 from ..data.video import get_reader
 from ..dist import init_distributed
-from ..errors import (CheckpointError, ConfigError, DataError, DtgError, Preempted, first_line,
-                      raised_in_worker)
+from ..errors import CheckpointError, ConfigError, DataError, DtgError, Preempted, first_line, raised_in_worker
 from ..io import DiskFullError, load_checkpoint
 from ..objectives import DTGObjective
 from ..objectives.objective import StudentOutputs, TeacherEmbeddings
