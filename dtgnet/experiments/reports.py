@@ -41,8 +41,9 @@ def _plots(out: Path, summary: dict, results: dict, classes: list[str], embeddin
     if history.size:
         for i, name in enumerate(summary["teacher_weights"]):
             ax.plot(history[:, 0], history[:, i + 1], label=name)
-    ax.set_xlabel("step"), ax.set_ylabel("w_k"), ax.legend(), ax.set_title("Teacher weights during DTG pre-training")
-    figs.append(("teacher_weights.png", "Teacher weights w_k over time"))
+    ax.set_xlabel("step"), ax.set_ylabel("w_k"), ax.legend()
+    ax.set_title(f"Teacher weights during DTG pre-training ({summary['weighting']})")
+    figs.append(("teacher_weights.png", f"Teacher weights w_k over time ({summary['weighting']} weighting)"))
     fig.tight_layout(), fig.savefig(plot_dir / figs[-1][0], dpi=110), plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -109,7 +110,7 @@ def write_report(out: Path, summary: dict, results: dict, classes: list[str], em
     intro = (f"SynthActions `{d['preset']}`: {d['classes']} classes in time-reversed pairs, "
              f"{d['videos']['train']} train / {d['videos']['val']} val / {d['videos']['test']} test videos, "
              f"{d['stills']} stills. Action teacher (trained on the stills): val accuracy "
-             f"{100 * summary['action_teacher']['val_acc']:.1f} %. Final teacher weights: "
+             f"{100 * summary['action_teacher']['val_acc']:.1f} %. Final teacher weights ({summary['weighting']}): "
              + ", ".join(f"{k} {v:.3f}" for k, v in summary["teacher_weights"].items())
              + f". Wall time {summary['seconds']:.0f} s on {summary['machine']['device']} ({summary['machine']['threads']} CPU threads).")
     md = ["# dtgnet demo report", "", intro, "",
