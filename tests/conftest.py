@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from dtgnet.config import load_config
 from dtgnet.data.synth import SynthPreset, generate, write_mp4
 
 REAL_CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "real_clips"
@@ -17,6 +18,20 @@ TINY = SynthPreset(pairs=2, train_per_class=6, val_per_class=2, test_per_class=3
                    frames=8, size=32)
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def tiny_overrides(root, out, **extra):
+    base = {"data.root": root, "data.train_list": f"{root}/train.txt", "data.val_list": f"{root}/val.txt",
+            "data.test_list": f"{root}/test.txt", "data.classes": f"{root}/classes.txt", "data.frames": 2,
+            "data.size": 32, "data.flip": False, "data.eval_clips": 2, "optim.batch_size": 4, "optim.epochs": 1,
+            "optim.max_steps": 2, "run.out": out, "run.log_every": 1, "student.proj_hidden": 32,
+            "student.proj_dim": 16, "teachers.0.input_size": 32, "student.temporal_shift": True}
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def tiny_cfg(root, out, **extra):
+    return load_config(None, tiny_overrides(root, out, **extra))
 
 
 def wrap_dtg_loss(monkeypatch, before=None, after=None) -> dict:

@@ -62,7 +62,7 @@ def ucf_like(tiny_synth, tmp_path_factory):
     import shutil
 
     from dtgnet.training import train
-    from tests.test_training import tiny_cfg
+    from tests.conftest import tiny_cfg
 
     root = tmp_path_factory.mktemp("ucf")
     classes = (tiny_synth / "classes.txt").read_text().split()

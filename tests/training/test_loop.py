@@ -6,25 +6,11 @@ import pytest
 import torch
 
 from dtgnet.cli import main
-from dtgnet.config import load_config
 from dtgnet.errors import TooManyBadItems
 from dtgnet.students import load_student
 from dtgnet.training import Trainer, train
 from dtgnet.training.runlog import RunDir, RunDirError, read_log
-
-
-def tiny_overrides(root, out, **extra):
-    base = {"data.root": root, "data.train_list": f"{root}/train.txt", "data.val_list": f"{root}/val.txt",
-            "data.test_list": f"{root}/test.txt", "data.classes": f"{root}/classes.txt", "data.frames": 2,
-            "data.size": 32, "data.flip": False, "data.eval_clips": 2, "optim.batch_size": 4, "optim.epochs": 1,
-            "optim.max_steps": 2, "run.out": out, "run.log_every": 1, "student.proj_hidden": 32,
-            "student.proj_dim": 16, "teachers.0.input_size": 32, "student.temporal_shift": True}
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
-
-
-def tiny_cfg(root, out, **extra):
-    return load_config(None, tiny_overrides(root, out, **extra))
+from tests.conftest import tiny_cfg, tiny_overrides
 
 
 def test_pretrain_logs_checkpoints_and_metrics(tiny_synth, tmp_path):
@@ -286,25 +272,6 @@ def test_failed_setup_leaves_no_run_dir(tiny_synth, tmp_path, capsys):
     assert main(["pretrain", *ov]) == 2
     assert "fewer than optim.batch_size=64" in capsys.readouterr().err
     assert not (tmp_path / "f").exists()  # the corrected command can simply run again
-
-
-def test_labelled_share_sampler_mixes_every_batch_and_splits_ranks():
-    from dtgnet.data.samplers import LabelledShareSampler
-
-    labelled, unlabelled = list(range(5)), list(range(5, 30))
-    single = LabelledShareSampler(labelled, unlabelled, 2, seed=3, global_batch=6)
-    assert single.steps_per_epoch == 25 // 4 and len(single) == 6 * 6
-    order = [i for _, i in single]
-    for step in range(single.steps_per_epoch):  # a naive check of every batch
-        batch = order[step * 6:(step + 1) * 6]
-        assert sum(i < 5 for i in batch) == 2 and len(set(batch)) == 6
-    unl = [i for i in order if i >= 5]
-    assert len(set(unl)) == len(unl)  # an unlabelled video at most once per epoch
-    ranks = [[i for _, i in LabelledShareSampler(labelled, unlabelled, 2, 3, 6, rank=r, world=2)] for r in (0, 1)]
-    rebuilt = [i for step in range(6) for r in (0, 1) for i in ranks[r][step * 3:(step + 1) * 3]]
-    assert rebuilt == order  # the ranks' local batches concatenate to the single-process batch
-    single.set_position(1)
-    assert [i for _, i in single] != order  # a new mix every epoch
 
 
 def test_semi_supervised_joint_uses_unlabelled_videos(tiny_synth, tmp_path):

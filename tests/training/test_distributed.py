@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dtgnet.training.runlog import read_log
-from tests.test_training import tiny_overrides
+from tests.conftest import tiny_overrides
 
 STEPS = 6
 COMMON = {"student.freeze_bn": True, "optim.batch_size": 4, "optim.max_steps": STEPS, "run.teacher_cache": True,

@@ -10,8 +10,8 @@ import torch
 from dtgnet.cli import main
 from dtgnet.config import save_config
 from dtgnet.training.runlog import RunDir, RunDirError, read_log
-from tests.test_reliability import alive
-from tests.test_training import tiny_cfg, tiny_overrides
+from tests.conftest import tiny_cfg, tiny_overrides
+from tests.training.test_reliability import alive
 
 
 def test_resume_cli_with_other_config_is_refused(tiny_synth, tmp_path, capsys):

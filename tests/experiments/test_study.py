@@ -243,7 +243,7 @@ def test_study_pairs_script_prints_paired_differences_and_spreads(tmp_path):
              "teacher": {"top1_seeds": [40.0], "knn_seeds": [40.0]}}
     path = tmp_path / "study.json"
     path.write_text(json.dumps(study))
-    script = [sys.executable, str(Path(__file__).parents[1] / "benchmarks" / "study_pairs.py"), str(path)]
+    script = [sys.executable, str(Path(__file__).parents[2] / "benchmarks" / "study_pairs.py"), str(path)]
     out = subprocess.run(script + ["dtg-ssl", "dtg-teacher:knn", "--spread", "ssl"], capture_output=True,
                          text=True, check=True).stdout.splitlines()
     diffs = [5.0, 2.0, 3.0]

@@ -255,7 +255,7 @@ def test_shipped_config_pretrains_a_vit_with_timm_open_clip_and_hf_teachers(hub,
     from dtgnet.cli import main
     from dtgnet.training.runlog import read_log
 
-    config = Path(__file__).parents[1] / "configs" / "synth_vit_hub.yaml"
+    config = Path(__file__).parents[2] / "configs" / "synth_vit_hub.yaml"
     data = {f"data.{k}": f"{tiny_synth}/{k.split('_')[0]}.txt" for k in ("train_list", "val_list", "test_list")}
     overrides = [f"{k}={v}" for k, v in {
         "data.root": tiny_synth, **data, "data.classes": f"{tiny_synth}/classes.txt", "data.size": 32,

@@ -10,7 +10,7 @@ from dtgnet.errors import CheckpointError
 from dtgnet.io import DiskFullError, atomic_save, load_checkpoint
 from dtgnet.training import train
 from dtgnet.training.runlog import read_log
-from tests.test_training import tiny_cfg, tiny_overrides
+from tests.conftest import tiny_cfg, tiny_overrides
 
 
 def test_failed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
