@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,9 @@ def _plots(out: Path, summary: dict, results: dict, classes: list[str], embeddin
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for name in ("dtg_pretrain", "ssl_pretrain"):
         log = [r for r in read_log(runs / name / "log.jsonl") if "loss" in r]
-        if log:
-            ax.plot([r["step"] for r in log], [r["loss"] for r in log], label=name)
+        if log:  # markers too: a short run logs too few points for a line to show
+            ax.plot([r["step"] for r in log], [r["loss"] for r in log], label=name,
+                    marker="o" if len(log) < 30 else None, markersize=3)
     ax.set_xlabel("step"), ax.set_ylabel("training loss"), ax.legend(), ax.set_title("Pre-training loss")
     figs.append(("loss_curves.png", "Pre-training loss (DTG: self term + weighted teacher terms; SSL: self term)"))
     fig.tight_layout(), fig.savefig(plot_dir / figs[-1][0], dpi=110), plt.close(fig)
@@ -40,7 +42,8 @@ def _plots(out: Path, summary: dict, results: dict, classes: list[str], embeddin
     fig, ax = plt.subplots(figsize=(6, 3.5))
     if history.size:
         for i, name in enumerate(summary["teacher_weights"]):
-            ax.plot(history[:, 0], history[:, i + 1], label=name)
+            ax.plot(history[:, 0], history[:, i + 1], label=name, marker="o" if len(history) < 30 else None,
+                    markersize=3)
     ax.set_xlabel("step"), ax.set_ylabel("w_k"), ax.legend()
     ax.set_title(f"Teacher weights during DTG pre-training ({summary['weighting']})")
     figs.append(("teacher_weights.png", f"Teacher weights w_k over time ({summary['weighting']} weighting)"))
@@ -49,12 +52,12 @@ def _plots(out: Path, summary: dict, results: dict, classes: list[str], embeddin
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = [n for n in ORDER if n in results]
     vals = [100 * results[n]["top1"] for n in names]
-    bars = ax.bar([LABELS[n] for n in names], vals, color=["#999", "#69c", "#e63", "#bbb"][:len(names)])
+    bars = ax.bar([textwrap.fill(LABELS[n], 16) for n in names], vals, color=["#999", "#69c", "#e63", "#bbb"][:len(names)])
     ax.axhline(100 / len(classes), ls="--", c="k", lw=0.8, label="chance")
     for b, v in zip(bars, vals):
         ax.text(b.get_x() + b.get_width() / 2, v + 1, f"{v:.1f}", ha="center")
     ax.set_ylabel("test top-1 (%)"), ax.set_ylim(0, 105), ax.legend()
-    ax.tick_params(axis="x", labelsize=7)
+    ax.tick_params(axis="x", labelsize=8)
     figs.append(("accuracy.png", "Video-level top-1 on the test split"))
     fig.tight_layout(), fig.savefig(plot_dir / figs[-1][0], dpi=110), plt.close(fig)
 
@@ -68,7 +71,8 @@ def _plots(out: Path, summary: dict, results: dict, classes: list[str], embeddin
     for i in range(k):
         for j in range(k):
             if cm[i, j]:
-                ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7)
+                ax.text(j, i, cm[i, j], ha="center", va="center", fontsize=7,
+                        color="white" if cm[i, j] > cm.max() / 2 else "black")  # readable on dark cells
     ax.set_xlabel("predicted"), ax.set_ylabel("true"), ax.set_title("DTG fine-tuned: confusion matrix")
     figs.append(("confusion.png", "Confusion matrix of the DTG student (test split)"))
     fig.tight_layout(), fig.savefig(plot_dir / figs[-1][0], dpi=110), plt.close(fig)

@@ -1,8 +1,12 @@
 """The demo end to end at smoke size (`--smoke`: every stage and the report, three steps per run), as
 `make demo` runs the full one."""
 import json
+import shutil
 import subprocess
 import sys
+
+import numpy as np
+import pytest
 
 
 def test_smoke_demo_writes_results_plots_and_report(tmp_path):
@@ -25,3 +29,24 @@ def test_smoke_demo_writes_results_plots_and_report(tmp_path):
     for plot in ("loss_curves", "teacher_weights", "accuracy", "confusion", "embedding"):
         assert (out / "plots" / f"{plot}.png").stat().st_size > 1000
     assert run.returncode == 0 and "demo done" in run.stdout
+    render_and_check(out / "report.html", tmp_path)
+
+
+def render_and_check(report, tmp_path):
+    """The HTML report as a reader sees it: headless Chromium renders it, and the screenshot must show the
+    embedded plots (matplotlib's first two line colours, which only the decoded PNGs hold)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's)")
+    from PIL import Image
+
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'chromium'}", "--hide-scrollbars", "--window-size=1100,2600",
+                    f"--screenshot={shot}", report.resolve().as_uri()], capture_output=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).astype(int)  # (H, W, 3)
+    assert pixels.shape[:2] == (2600, 1100)
+    for colour in ((31, 119, 180), (255, 127, 14)):  # C0 blue, C1 orange: the curves of the first two plots
+        near = (np.abs(pixels - colour).sum(-1) < 40).sum()
+        assert near > 200, f"{colour}: {near} pixels; the plots did not render"
