@@ -28,3 +28,26 @@ def test_a_damaged_file_is_one_line_naming_it(tmp_path):
     (tmp_path / "bad.npy").write_bytes(b"not a numpy file")
     with pytest.raises(DataError, match=r"bad\.npy: not a readable \.npy .*; write it again"):
         NpyRows(tmp_path / "bad.npy", "write it again")
+
+
+def test_an_error_raised_in_a_worker_is_given_back_as_raised():
+    """DataLoader re-raises a worker's exception as 'Caught X in DataLoader worker process N.' plus the
+    worker's traceback; the user reads the message it was raised with."""
+    from torch.utils.data import DataLoader, Dataset
+
+    from dtgnet.errors import TooManyBadItems, raised_in_worker
+
+    class Failing(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            raise TooManyBadItems("11 videos in a row failed to load; last: v/x.mp4")
+
+    with pytest.raises(TooManyBadItems) as caught:
+        next(iter(DataLoader(Failing(), num_workers=1)))
+    assert str(caught.value).startswith("Caught TooManyBadItems in DataLoader worker process 0")
+    again = raised_in_worker(caught.value)
+    assert type(again) is TooManyBadItems and str(again) == "11 videos in a row failed to load; last: v/x.mp4"
+    plain = TooManyBadItems("as raised")
+    assert raised_in_worker(plain) is plain

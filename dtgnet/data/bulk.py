@@ -28,7 +28,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..dist import Dist, init_distributed
-from ..errors import VideoDecodeError
+from ..errors import DtgError, VideoDecodeError, raised_in_worker
 from ..io import RowFile, write_text_atomic
 from .video import iter_square_frames
 
@@ -85,9 +85,14 @@ def _as_is(item):
     return item
 
 
-def _loader(dataset, workers: int) -> DataLoader:
-    return DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None,
-                      collate_fn=_as_is)
+def _loader(dataset, workers: int):
+    """The dataset's items through ``workers`` processes; an error raised in one comes out as the one line
+    it was raised with."""
+    try:
+        yield from DataLoader(dataset, batch_size=None, num_workers=workers, prefetch_factor=2 if workers else None,
+                              collate_fn=_as_is)
+    except DtgError as e:
+        raise raised_in_worker(e) from None
 
 
 def plan_videos(paths: list[Path], names: list[str], reader, stride: int, target_fps: float, workers: int,
