@@ -1,7 +1,7 @@
 """The 3-split mean (``dtgnet eval --split all``) on a UCF101-shaped set: one extraction over the videos the
 splits share, against one evaluation per split (two extractions each, train and test), the way it ran before.
 
-    python benchmarks/eval_splits.py [--videos 1332] [--protocol knn] [--out DIR] [--json F]
+    python benchmarks/eval_splits.py [--videos 400] [--protocol knn] [--out DIR] [--json F]
 
 Writes ``--videos`` clips (320x240, 25 fps, UCF101's clip lengths; :mod:`benchmarks.scale`'s generator) into
 class folders with ``classInd.txt`` and three ``trainlist0N.txt`` / ``testlist0N.txt`` pairs, each holding
@@ -44,7 +44,7 @@ def make_set(root: Path, n: int, workers: int) -> list[tuple[str, int]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--videos", type=int, default=1332, help="clips in the set (UCF101 has 13,320)")
+    ap.add_argument("--videos", type=int, default=400, help="clips in the set (UCF101 has 13,320)")
     ap.add_argument("--protocol", default="knn", choices=("knn", "retrieval", "linear"))
     ap.add_argument("--out", type=Path, default=Path("/tmp/dtgnet_eval_splits"))
     ap.add_argument("--workers", type=int, default=2)
