@@ -122,8 +122,9 @@ def test_timm_teacher_errors_name_the_file_or_key(hub, tmp_path):
 
     with open(tmp_path / "evil.pt", "wb") as fh:
         pickle.dump({"state_dict": Evil()}, fh)
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="weights_only") as refused:
         build_teacher(TeacherConfig(name="x", source="timm", model="test_vit", weights=str(tmp_path / "evil.pt")))
+    assert str(refused.value).startswith(f"{tmp_path / 'evil.pt'}: ")  # the message names the file
     assert not marker.exists()
 
 

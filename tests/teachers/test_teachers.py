@@ -108,8 +108,9 @@ def test_unsafe_pickle_is_refused_and_never_runs(tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as fh:
         pickle.dump({"model": Evil()}, fh)
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="weights_only") as refused:
         safe_torch_load(path)
+    assert str(refused.value).startswith(f"{path}: ")  # the message names the file
     assert not marker.exists()
 
 

@@ -101,6 +101,25 @@ def test_finetune_from_pretrained_and_joint(tiny_synth, tmp_path):
     assert "ce" in logs[-1] and "dtg" in logs[-1] and joint["steps"] == 2
 
 
+def test_finetune_init_starts_from_the_pretrained_backbone(tiny_synth, tmp_path):
+    """--init loads the pre-trained backbone, every tensor of it, before the first step (and nothing else:
+    the classifier is new); without --init the backbone is a fresh initialisation."""
+    train(tiny_cfg(tiny_synth, tmp_path / "pre"), "pretrain", progress=False)
+    pre = load_student(tmp_path / "pre" / "student.safetensors").backbone.state_dict()
+    trainers = {init: Trainer(tiny_cfg(tiny_synth, tmp_path / f"ft_{init}", **{"data.label_fraction": 0.5}), "finetune",
+                              init=str(tmp_path / "pre" / "student.safetensors") if init else None, progress=False)
+                for init in (True, False)}
+    try:
+        started = trainers[True].model.backbone.state_dict()
+        assert started.keys() == pre.keys() and all(torch.equal(started[k], pre[k]) for k in pre)
+        fresh = trainers[False].model.backbone.state_dict()
+        assert not all(torch.equal(fresh[k], pre[k]) for k in pre if pre[k].is_floating_point())
+        assert trainers[True].model.classifier is not None
+    finally:
+        for trainer in trainers.values():
+            trainer.close()
+
+
 def test_ssl_without_teachers_and_queue(tiny_synth, tmp_path):
     cfg = tiny_cfg(tiny_synth, tmp_path / "ssl")
     cfg.teachers = []
