@@ -1,7 +1,7 @@
 """This process's place in a torchrun job, and every collective dtgnet uses, in one wrapper.
 
-Training (DDP), sharded bulk work (``data prepare``, ``teacher cache``, evaluation's feature extraction) and
-their error agreement all go through :class:`Dist`; alone (no ``WORLD_SIZE``), every call is a no-op on one
+Training (DDP, and its ranks' agreement on errors, bad items and preemption) and sharded bulk work (``data
+prepare``, ``teacher cache``) go through :class:`Dist`; alone (no ``WORLD_SIZE``), every call is a no-op on one
 rank, so callers never branch on the world size themselves.
 """
 from __future__ import annotations

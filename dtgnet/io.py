@@ -57,28 +57,34 @@ def _allocate(fd: int, nbytes: int) -> None:
 
 
 @contextmanager
+def atomic_target(path):
+    """Yield ``path.tmp`` to be written; on success it is renamed to ``path`` (the one atomic step), on any
+    failure removed. Whoever writes it fsyncs what matters."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
 def reserved_file(path, nbytes: int):
     """Yield a binary file handle on ``path.tmp`` with ``nbytes`` reserved on disk; on success the file is
     fsync'd and renamed to ``path``, on any failure it is removed. No space: :class:`DiskFullError`."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    fh = open(tmp, "wb")
     try:
-        _allocate(fh.fileno(), nbytes)
-        yield fh
-        fh.flush()
-        os.fsync(fh.fileno())
-        fh.close()
-        os.replace(tmp, path)
+        with atomic_target(path) as tmp, open(tmp, "wb") as fh:
+            _allocate(fh.fileno(), nbytes)
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
     except OSError as e:
-        fh.close()
-        tmp.unlink(missing_ok=True)
         if e.errno in _NO_SPACE:
             raise no_space_error(path, nbytes, e) from None
-        raise
-    except BaseException:
-        fh.close()
-        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -169,21 +175,6 @@ class NpyRows:
     def __del__(self):
         if getattr(self, "fd", -1) >= 0:
             os.close(self.fd)
-
-
-@contextmanager
-def atomic_target(path):
-    """Yield ``path.tmp`` to be written; on success it is renamed to ``path`` (the one atomic step), on any
-    failure removed. Whoever writes it fsyncs what matters."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_bytes_atomic(path, data: bytes) -> None:

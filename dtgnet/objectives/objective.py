@@ -81,9 +81,7 @@ def dtg_loss(self_a: Tensor | None, self_b: Tensor | None, student_a: list[Tenso
     named = [(w, TEACHER_TERMS.get(name, "loss")) for name, w in
              (("regression", regression), ("relational", relation), ("segment", segment)) if w]
     extras = [*named, *extra_terms]
-    for i in range(k):  # further terms inside L_k, each weighted (objectives.terms)
-        if not extras:
-            break
+    for i in range(k if extras else 0):  # further terms inside L_k, each weighted (objectives.terms)
         per_segment = tuple(x[i] for x in segments) if segments is not None else ()
         view = TeacherView(student_a[i], student_b[i], teacher_a[i], teacher_b[i], *per_segment)
         for w, term in extras:
@@ -136,7 +134,8 @@ class DTGObjective(nn.Module):
         super().__init__()
         self.cfg = loss_cfg
         self.weighting = build_weighting(loss_cfg, initial_weights)
-        self.terms = [(getattr(loss_cfg, t.weight_key), t) for t in TEACHER_TERMS if getattr(loss_cfg, t.weight_key) > 0]
+        weighted = [(getattr(loss_cfg, t.weight_key), t) for t in TEACHER_TERMS]
+        self.terms = [(w, t) for w, t in weighted if w > 0]
         self.queues = [torch.zeros(0, d, device=device) for d in teacher_dims]  # (Q, D_k), newest first
 
     @property

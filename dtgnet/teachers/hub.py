@@ -1,6 +1,6 @@
 """Teachers from the image-model libraries users already have: timm, open_clip and Hugging Face transformers.
 
-Each builder returns a :class:`HubEncoder`: a module mapping normalised ``(N, 3, S, S)`` frames to ``(N, D)``
+Each builder returns a :class:`~dtgnet.teachers.base.FrameEncoder`: a module mapping normalised ``(N, 3, S, S)`` frames to ``(N, D)``
 with the model's own input size and normalisation read from its pretrained configuration. Weights come from
 a local file or directory, or from the library's hub (its cache when offline). Nothing runs remote code:
 ``trust_remote_code`` is off unless the config turns it on, and weights load as safetensors or through
@@ -14,7 +14,6 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,15 +24,6 @@ from ..errors import CheckpointError, ConfigError, first_line
 from ..io import IMAGENET_MEAN, IMAGENET_STD, read_state_dict, require_extra
 from .base import FrameEncoder
 from .sources import TeacherSource, register_source
-
-
-@dataclass
-class HubEncoder:
-    module: nn.Module
-    """Normalised frames ``(N, 3, S, S)`` -> ``(N, D)``."""
-    input_size: int
-    mean: tuple
-    std: tuple
 
 
 def _side(size) -> int:
@@ -61,7 +51,7 @@ class _TimmEncoder(nn.Module):
         return tokens[:, 0] if self.embedding == "cls" else tokens[:, prefix:].mean(1)
 
 
-def timm_encoder(cfg) -> HubEncoder:
+def timm_encoder(cfg, class_names=None) -> FrameEncoder:
     """``timm.create_model(cfg.model)``; weights from ``cfg.weights`` (a local file) or timm's hub."""
     timm = require_extra("timm", "timm")
     local = Path(cfg.weights) if cfg.weights else None
@@ -88,8 +78,8 @@ def timm_encoder(cfg) -> HubEncoder:
     if cfg.embedding not in ("default", "cls", "mean_patch"):
         raise ConfigError("teachers.embedding", f"timm teachers give default, cls or mean_patch, not {cfg.embedding}")
     data = timm.data.resolve_model_data_config(model)
-    return HubEncoder(_TimmEncoder(model.eval(), cfg.embedding), _side(data["input_size"]),
-                      tuple(data["mean"]), tuple(data["std"]))
+    return FrameEncoder(_TimmEncoder(model.eval(), cfg.embedding), _side(data["input_size"]),
+                        tuple(data["mean"]), tuple(data["std"]), None)
 
 
 # -------------------------------------------------------------------------------------- CLIP family
@@ -135,7 +125,7 @@ class _OpenClipImage(nn.Module):
         return self.model.encode_image(x)  # CLIP's projected image embedding
 
 
-def open_clip_encoder(cfg, class_names=None) -> HubEncoder:
+def open_clip_encoder(cfg, class_names=None) -> FrameEncoder:
     """``open_clip.create_model(cfg.model, pretrained=cfg.weights)``: a pretrained tag or a local checkpoint
     (loaded weights-only). ``cfg.model`` may also be a model-config JSON file for a custom architecture."""
     open_clip = require_extra("open_clip", "clip")
@@ -171,7 +161,7 @@ def open_clip_encoder(cfg, class_names=None) -> HubEncoder:
         with torch.no_grad():
             text = model.encode_text(tokenizer(prompt_texts(cfg, class_names)))
         encoder = _ZeroShot(encoder, text, float(model.logit_scale.detach().exp()))
-    return HubEncoder(encoder, size, mean, std)
+    return FrameEncoder(encoder, size, mean, std, None)
 
 
 # -------------------------------------------------------------------------------------- transformers
@@ -227,7 +217,7 @@ def _hf_preprocessing(source: str, config, local: bool, trust: bool) -> tuple[in
     return _side(size), mean, std
 
 
-def hf_encoder(cfg, class_names=None) -> HubEncoder:
+def hf_encoder(cfg, class_names=None) -> FrameEncoder:
     """A Hugging Face model id or local directory: CLIP / SigLIP (projected image embedding by default),
     DINOv2 and other ViTs (CLS token by default, or mean of patch tokens)."""
     transformers = require_extra("transformers", "hf")
@@ -272,7 +262,7 @@ def hf_encoder(cfg, class_names=None) -> HubEncoder:
             text = model.get_text_features(**{k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask")})
         text = text if torch.is_tensor(text) else text.pooler_output
         encoder = _ZeroShot(encoder, text, float(model.logit_scale.detach().exp()))
-    return HubEncoder(encoder, size, mean, std)
+    return FrameEncoder(encoder, size, mean, std, None)
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -287,15 +277,11 @@ def _check_hub(key: str, cfg, check_paths: bool) -> None:
         raise ConfigError(f"{key}.weights", f"file not found: {cfg.weights}")
 
 
-def _hub_source(name: str, builder, prompts: bool) -> TeacherSource:
-    def build(cfg, class_names) -> FrameEncoder:
-        enc = builder(cfg, class_names)
-        return FrameEncoder(enc.module, enc.input_size, enc.mean, enc.std, None)
-
+def _hub_source(name: str, build, prompts: bool) -> TeacherSource:
     # which output is the embedding is chosen by the config, not stored in the weights
     return TeacherSource(name, build, _check_hub, prompts=prompts, describes=("model", "embedding", "prompt"))
 
 
-register_source(_hub_source("timm", lambda cfg, _: timm_encoder(cfg), prompts=False))
+register_source(_hub_source("timm", timm_encoder, prompts=False))
 register_source(_hub_source("open_clip", open_clip_encoder, prompts=True))
 register_source(_hub_source("hf", hf_encoder, prompts=True))
