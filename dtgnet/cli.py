@@ -49,6 +49,70 @@ def _bulk_options(args) -> dict:
     return {"fps": args.fps, "stride": args.stride, "workers": None if args.workers == -1 else args.workers}
 
 
+def _add_clip_options(p) -> None:
+    """How ``predict`` and ``embed`` cut videos into clips and run them."""
+    p.add_argument("--root", default="", help="folder that relative paths in list files start from "
+                                              "(default: the list file's folder)")
+    p.add_argument("--clips", type=int, default=0, help="clips per video, averaged (default: the checkpoint's "
+                                                        "data.eval_clips, as in eval)")
+    p.add_argument("--window", type=float, default=0.0, help="seconds per window: one result per window, a timeline")
+    p.add_argument("--stride", type=float, default=0.0, help="seconds between window starts (default: --window)")
+    p.add_argument("--batch", type=int, default=16, help="clips per forward pass, across videos and windows")
+    p.add_argument("--workers", type=int, default=-1, help="decoding processes (default: the cores available)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the student runs")
+    p.add_argument("--decode-timeout", type=float, default=60.0,
+                   help="seconds a file's decoder may make no progress before the file is given up (0: never)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _add_inference(sub) -> None:
+    pred = sub.add_parser(
+        "predict", help="class probabilities of new videos, per video or per window, with a report",
+        description="Apply a fine-tuned (or joint) student to video files, folders or list files: the top-k "
+                    "classes per video (mean over --clips clips, as eval) or per --window; zero-shot from a "
+                    "CLIP-family teacher's head with --zero-shot. Exit status 0: every video read; 1: some "
+                    "could not be (each named on stderr and in the output); 2: a usage error.")
+    pred.add_argument("checkpoint", help="run checkpoint (.pt), student.safetensors or exported student folder")
+    pred.add_argument("inputs", nargs="+", metavar="INPUT", help="video file, folder (recursive) or list file")
+    pred.add_argument("--top-k", type=int, default=5, help="classes reported per video and window")
+    pred.add_argument("--out", help="write JSON lines (.jsonl) or CSV (.csv) here (default: JSON lines on stdout)")
+    pred.add_argument("--html", help="also write a self-contained report with thumbnails and plots")
+    pred.add_argument("--zero-shot", action="store_true",
+                      help="classify with the head of the student's CLIP-family teacher against that teacher's "
+                           "text embeddings of the prompted --classes (no classifier needed)")
+    pred.add_argument("--classes", default="", help="zero-shot class names: 'a,b,c' or a file, one per line")
+    pred.add_argument("--teacher", default="", help="zero-shot: which CLIP-family teacher's head (when several)")
+    pred.add_argument("--prompt", default="a video of a person {}.", help="zero-shot prompt; {} is the class name")
+    _add_clip_options(pred)
+
+    emb = sub.add_parser(
+        "embed", help="features of new videos (per video or window) to .npy files; nearest-video search",
+        description="Write the student's backbone features (and with --heads its teacher heads' projections) of "
+                    "each video or --window to OUT/features.npy with OUT/index.jsonl; resumable and torchrun-"
+                    "sharded. With --query VIDEO --index DIR: the nearest videos or windows by cosine similarity.")
+    emb.add_argument("paths", nargs="*", metavar="CHECKPOINT INPUT",
+                     help="the student file, then video files, folders or list files (not with --query)")
+    emb.add_argument("--out", help="output directory")
+    emb.add_argument("--heads", default="", help="also write these teacher heads' projections: names, or 'all'")
+    emb.add_argument("--dtype", default="float16", choices=("float16", "float32"), help="stored precision")
+    emb.add_argument("--query", help="a video to search for in --index")
+    emb.add_argument("--index", help="an embed output directory to search")
+    emb.add_argument("-k", type=int, default=10, help="neighbours to list")
+    _add_clip_options(emb)
+
+    exp = sub.add_parser(
+        "export", help="the student as ONNX, torch.export (.pt2) or a self-describing folder",
+        description="Export a student for another runtime. onnx and pt2 take float clips (B, T, 3, S, S) in "
+                    "[0, 1] and return the backbone features, the class logits (fine-tuned students) and each "
+                    "teacher head's projection; both are checked against PyTorch after writing.")
+    exp.add_argument("checkpoint", help="run checkpoint (.pt), student.safetensors or student folder")
+    exp.add_argument("--format", required=True, choices=("onnx", "pt2", "folder"), help="what to write")
+    exp.add_argument("--out", required=True, help="file (onnx, pt2) or directory (folder) to write")
+    exp.add_argument("--opset", type=int, default=18, help="ONNX opset")
+    exp.add_argument("--tolerance", type=float, default=1e-4,
+                     help="largest absolute difference to PyTorch accepted (onnx, pt2)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dtgnet", description="DTG-Net: video action recognition guided by frozen image teachers.")
@@ -124,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", default="", help="official split 1, 2, 3 or 'all' (3-split mean); "
                                                 "default: data.split")
     ev.add_argument("--json", help="also write the results to this file")
+
+    _add_inference(sub)
 
     study = sub.add_parser(
         "study", help="efficacy study on SynthActions: every baseline, teacher, weighting and protocol, 5 seeds",
@@ -305,6 +371,111 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _clip_options(args):
+    from .inference.runner import Options
+
+    opts = Options(clips=args.clips, window=args.window, window_stride=args.stride, batch=args.batch,
+                   workers=args.workers, device=args.device, timeout=args.decode_timeout,
+                   progress=not args.no_progress)
+    opts.check()
+    return opts
+
+
+def _report_unreadable(results) -> int:
+    """One stderr line per video that could not be read; the exit status (1 when any)."""
+    bad = [r for r in results if r.reason]
+    for r in bad:
+        print(f"dtgnet: {r.plan.path}: {r.reason}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _cmd_predict(args) -> int:
+    from .inference import predict as pr
+    from .inference.inputs import resolve_inputs
+    from .inference.runner import open_student, run_videos
+    from .io import write_text_atomic
+
+    opts = _clip_options(args)
+    if args.top_k < 1:
+        raise DtgError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.out and Path(args.out).suffix not in (".jsonl", ".json", ".csv"):
+        raise DtgError(f"--out must end in .jsonl or .csv, got {args.out}")
+    if not args.zero_shot and (args.classes or args.teacher):
+        raise DtgError("--classes and --teacher go with --zero-shot")
+    paths = resolve_inputs(args.inputs, args.root)
+    student = open_student(args.checkpoint, args.device)
+    if args.zero_shot:
+        scorer = pr.zero_shot_scorer(student.meta, pr.read_class_names(args.classes), args.teacher, args.prompt)
+    else:
+        scorer = pr.classifier_scorer(student.meta, args.checkpoint)
+        pr.classifier_outputs_match(student.model, scorer)
+    results, shard = run_videos(student, paths, opts, scorer.outputs, thumbs=bool(args.html), desc="predict")
+    if not shard.main:
+        return 0
+    records = [pr.record(r, scorer.classes, args.top_k, bool(opts.window)) for r in results]
+    text = pr.format_csv(records) if args.out and args.out.endswith(".csv") else pr.format_jsonl(records)
+    if args.out:
+        write_text_atomic(args.out, text)
+    else:
+        sys.stdout.write(text)
+    if args.html:
+        from .inference.report import render_html
+
+        how = f"{opts.window:g}-s windows" if opts.window else f"{opts.clips or student.cfg.data.eval_clips} clips per video"
+        write_text_atomic(args.html, render_html(results, scorer.classes, f"dtgnet predict: {len(results)} videos",
+                                                 f"{args.checkpoint} ({scorer.kind}, {how})", args.top_k))
+    ok = sum(1 for r in results if not r.reason)
+    print(f"predict: {ok} of {len(results)} videos"
+          f"{' -> ' + args.out if args.out else ''}{' and ' + args.html if args.html else ''}", file=sys.stderr)
+    return _report_unreadable(results)
+
+
+def _cmd_embed(args) -> int:
+    from .inference.embed import embed_videos, nearest
+    from .inference.inputs import resolve_inputs
+    from .inference.runner import open_student
+
+    opts = _clip_options(args)
+    if args.query or args.index:
+        if not (args.query and args.index) or args.paths or args.out:
+            raise DtgError("search is `dtgnet embed --query VIDEO --index DIR [-k N]`, with nothing else")
+        if args.k < 1:
+            raise DtgError(f"-k must be >= 1, got {args.k}")
+        if not Path(args.query).is_file():
+            raise DtgError(f"--query: no such file: {args.query}")
+        for hit in nearest(args.index, Path(args.query), args.k, opts, args.device):
+            when = f"  {hit['start']:.2f}-{hit['end']:.2f} s" if hit.get("start") is not None else ""
+            print(f"{hit['similarity']:.4f}  {hit['path']}{when}")
+        return 0
+    if len(args.paths) < 2 or not args.out:
+        raise DtgError("usage: dtgnet embed CHECKPOINT INPUT... --out DIR")
+    paths = resolve_inputs(args.paths[1:], args.root)
+    student = open_student(args.paths[0], args.device)
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    r = embed_videos(student, paths, args.out, opts, heads, args.dtype)
+    if not r:  # a torchrun rank other than 0
+        return 0
+    print(f"embed: {r['rows']} rows of {r['videos'] - r['unreadable']} videos, {r['unreadable']} unreadable -> "
+          f"{args.out}/features.npy, index.jsonl", file=sys.stderr)
+    if r["unreadable"]:
+        for line in (Path(args.out) / "index.jsonl").read_text().splitlines():
+            entry = json.loads(line)
+            if "error" in entry:
+                print(f"dtgnet: {entry['path']}: {entry['error']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .inference.export import export_student
+
+    r = export_student(args.checkpoint, args.format, args.out, opset=args.opset, tolerance=args.tolerance)
+    check = f", max abs difference to PyTorch {r['max_abs_diff']:.2e}" if "max_abs_diff" in r else ""
+    dynamic = f", dynamic axes: {', '.join(r['dynamic'])}" if r.get("dynamic") else ""
+    print(f"export {args.format}: {r['arch']} -> {args.out}{check}{dynamic}")
+    return 0
+
+
 def _cmd_config(args) -> int:
     import yaml
 
@@ -395,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     handlers = {"data": _cmd_data, "teacher": _cmd_teacher, "pretrain": _cmd_train, "finetune": _cmd_train,
                 "joint": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo, "study": _cmd_study, "config": _cmd_config,
-                "bench": _cmd_bench}
+                "bench": _cmd_bench, "predict": _cmd_predict, "embed": _cmd_embed, "export": _cmd_export}
     try:
         return handlers[args.command](args)
     except DtgError as e:

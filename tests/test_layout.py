@@ -19,7 +19,7 @@ LAYERS = [
     ("students",),
     ("objectives",),
     ("training",),
-    ("evaluation",),
+    ("evaluation", "inference"),
     ("experiments",),
     ("cli", "__init__", "__main__"),
 ]

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from ..dist import Dist, init_distributed
 from ..errors import DtgError, VideoDecodeError, raised_in_worker
 from ..io import RowFile, write_text_atomic
-from .video import iter_square_frames
+from .video import iter_square_frames, stall_limited
 
 CHUNK = 32  # frames per message from a decoding worker
 JOURNAL_EVERY_S = 2.0
@@ -67,15 +67,16 @@ def choose_stride(fps: float, stride: int, target_fps: float) -> int:
 
 
 class _Info(Dataset):
-    def __init__(self, paths: list[Path], reader):
-        self.paths, self.reader = paths, reader
+    def __init__(self, paths: list[Path], reader, timeout: float = 0.0):
+        self.paths, self.reader, self.timeout = paths, reader, timeout
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            info = self.reader.info(self.paths[i])
+            path = self.paths[i]
+            info = next(stall_limited((self.reader.info(path) for _ in (0,)), self.timeout, path))
             return i, info.num_frames, info.fps, ""
         except VideoDecodeError as e:
             return i, 0, 0.0, e.reason
@@ -85,7 +86,7 @@ def _as_is(item):
     return item
 
 
-def _loader(dataset, workers: int):
+def loader(dataset, workers: int):
     """The dataset's items through ``workers`` processes; an error raised in one comes out as the one line
     it was raised with."""
     try:
@@ -96,15 +97,16 @@ def _loader(dataset, workers: int):
 
 
 def plan_videos(paths: list[Path], names: list[str], reader, stride: int, target_fps: float, workers: int,
-                shard: Dist, progress: bool, desc: str) -> tuple[list[Video], list[dict]]:
+                shard: Dist, progress: bool, desc: str, timeout: float = 0.0) -> tuple[list[Video], list[dict]]:
     """Count every video's frames (in parallel, each rank a share) and give each its rows in the output.
-    Returns (readable videos in list order, unreadable ones as ``{"path", "reason"}``)."""
+    Returns (readable videos in list order, unreadable ones as ``{"path", "reason"}``). ``timeout``: seconds
+    without progress after which a file's demuxer is stopped and the file counted unreadable (0: none)."""
     from tqdm import tqdm
 
     mine = list(range(shard.rank, len(paths), shard.world))
     found = {}
     bar = tqdm(total=len(mine), desc=f"{desc}: count frames", disable=not progress, unit="video")
-    for i, n, fps, reason in _loader(_Info([paths[j] for j in mine], reader), workers):
+    for i, n, fps, reason in loader(_Info([paths[j] for j in mine], reader, timeout), workers):
         found[mine[i]] = (n, fps, reason)
         bar.update(1)
     bar.close()
@@ -138,12 +140,15 @@ def plan_key(videos: list[Video], root: Path, extra: dict) -> str:
     return h.hexdigest()[:24]
 
 
-class _Decode(IterableDataset):
-    """Yields ``(video number, first kept position, [uint8 (k, S, S, 3) per size], error)`` chunks; each
-    DataLoader worker takes every ``num_workers``-th video."""
+class Decode(IterableDataset):
+    """Yields ``(video number, first kept position, [uint8 (k, S, S, 3) per size], error)`` chunks of each
+    job ``(number, path, frame indices to keep)``, then ``(number, -1, [], reason or '')`` when the video is
+    done; each DataLoader worker takes every ``num_workers``-th video. ``timeout``: seconds without decoding
+    progress after which a video is given up as unreadable (0: none)."""
 
-    def __init__(self, jobs: list[tuple[int, Path, range]], reader, sizes: Sequence[int]):
-        self.jobs, self.reader, self.sizes = jobs, reader, list(sizes)
+    def __init__(self, jobs: list[tuple[int, Path, Sequence[int]]], reader, sizes: Sequence[int],
+                 timeout: float = 0.0):
+        self.jobs, self.reader, self.sizes, self.timeout = jobs, reader, list(sizes), timeout
 
     def __iter__(self):
         info = get_worker_info()
@@ -151,7 +156,8 @@ class _Decode(IterableDataset):
         for number, path, keep in jobs:
             pos, frames = 0, [[] for _ in self.sizes]
             try:
-                for _, per_size in iter_square_frames(self.reader, path, self.sizes, keep):
+                frames_of = iter_square_frames(self.reader, path, self.sizes, keep)
+                for _, per_size in stall_limited(frames_of, self.timeout, path):
                     for buf, f in zip(frames, per_size):
                         buf.append(f)
                     if len(frames[0]) == CHUNK:
@@ -253,7 +259,7 @@ def decode_all(videos: list[Video], root: Path, reader, sizes: Sequence[int], wo
                unit_scale=True)
     failed = {}
     jobs = [(k, root / v.path, v.keep()) for k, v in todo]
-    for number, pos, chunk, reason in _loader(_Decode(jobs, reader, sizes), workers):
+    for number, pos, chunk, reason in loader(Decode(jobs, reader, sizes), workers):
         if pos >= 0:
             consume(videos[number], pos, chunk)
             bar.update(len(chunk[0]))

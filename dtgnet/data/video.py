@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,55 @@ class VideoInfo:
     fps: float
     width: int
     height: int
+
+
+class _Stall:
+    """The decode-timeout state of this process: while ``seconds`` is set, a SIGALRM that many seconds after
+    the last sign of progress stops the decoder (see :func:`stall_limited`)."""
+
+    seconds = 0.0
+    path = ""
+
+
+def _progress() -> None:
+    """The decoder moved on (a packet read, a frame decoded): restart the stall clock, if one runs."""
+    if _Stall.seconds:
+        signal.setitimer(signal.ITIMER_REAL, _Stall.seconds)
+
+
+def _stalled(signum, frame):
+    raise VideoDecodeError(_Stall.path, f"decoding made no progress for {_Stall.seconds:g} s (decode timeout)")
+
+
+def stall_limited(items, seconds: float, path):
+    """``items`` (an iterator that decodes ``path``), stopped with a :class:`VideoDecodeError` when producing
+    the next item makes no progress for ``seconds``: a decoder that loops or blocks becomes a reason, not a
+    hung job. Progress is a packet demuxed or a frame decoded by PyAV (other back-ends: an item). Only time
+    spent producing items counts, not the caller's work between them. Timed with SIGALRM, so only in a
+    process's main thread (DataLoader workers and the CLI run there); elsewhere, or with ``seconds`` 0,
+    untimed. A decoder blocked inside one FFmpeg call is not interrupted (Python handles signals between its
+    own instructions)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield from items
+        return
+    previous = signal.signal(signal.SIGALRM, _stalled)
+    _Stall.path = str(path)
+    try:
+        while True:
+            _Stall.seconds = seconds
+            signal.setitimer(signal.ITIMER_REAL, seconds)
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                _Stall.seconds = 0.0
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            yield item
+    finally:
+        _Stall.seconds = 0.0
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _check_file(path: Path) -> None:
@@ -54,6 +105,14 @@ def rotate_frame(frame: np.ndarray, degrees: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frame, k=turns)) if turns else frame
 
 
+def _demuxed(container, stream):
+    """The stream's packets that hold a frame, read without decoding."""
+    for packet in container.demux(stream):
+        _progress()
+        if packet.size > 0 and packet.pts is not None:
+            yield packet
+
+
 class PyAVReader:
     """PyAV (FFmpeg). A video's presentation timestamps are read once by demuxing (no decoding) and give the
     exact frame count and the index -> timestamp map, so a read seeks to the keyframe before the first wanted
@@ -79,8 +138,7 @@ class PyAVReader:
                 if not container.streams.video:
                     raise VideoDecodeError(path, "no video stream")
                 stream = container.streams.video[0]
-                pts = np.sort(np.array([p.pts for p in container.demux(stream) if p.size > 0 and p.pts is not None],
-                                       dtype=np.int64))
+                pts = np.sort(np.array([p.pts for p in _demuxed(container, stream)], dtype=np.int64))
                 rate = float(stream.average_rate or stream.guessed_rate or 0)
                 w, h = stream.codec_context.width, stream.codec_context.height
         except VideoDecodeError:
@@ -124,6 +182,7 @@ class PyAVReader:
                     container.seek(int(pts_table[wanted[0]]), stream=stream, backward=True, any_frame=False)
                 for frame in container.decode(stream):
                     n_decoded += 1
+                    _progress()
                     if frame.pts in index_of:
                         if short_side and min(frame.width, frame.height) > short_side:
                             w, h = short_side_dims(frame.width, frame.height, short_side)
@@ -163,6 +222,7 @@ class PyAVReader:
                 stream.thread_type = "AUTO"
                 for frame in container.decode(stream):
                     n_decoded += 1
+                    _progress()
                     i = index_of.get(frame.pts)
                     if i is None or i not in wanted:
                         continue

@@ -1,5 +1,6 @@
-"""Student files: ``student.safetensors`` (weights plus the metadata that rebuilds the model) and run
-checkpoints, read back into a ready :class:`~dtgnet.students.base.DTGStudent`."""
+"""Student files: ``student.safetensors`` (weights plus the metadata that rebuilds the model), run
+checkpoints and exported student folders (``config.json`` + ``model.safetensors``), read back into a ready
+:class:`~dtgnet.students.base.DTGStudent`."""
 from __future__ import annotations
 
 import json
@@ -7,7 +8,7 @@ from pathlib import Path
 
 from ..config import Config, build_section
 from ..errors import CheckpointError, first_line
-from ..io import load_checkpoint, save_safetensors_atomic
+from ..io import load_checkpoint, save_safetensors_atomic, write_json_atomic
 from .base import DTGStudent, build_student
 
 
@@ -16,9 +17,17 @@ def save_student_safetensors(model: DTGStudent, path, meta: dict) -> None:
     save_safetensors_atomic(model.state_dict(), path, {"dtgnet": json.dumps(meta)})
 
 
+FOLDER_CONFIG, FOLDER_WEIGHTS = "config.json", "model.safetensors"
+
+
 def _read_student_file(path) -> tuple[dict, dict]:
-    """(metadata, state dict) of a run checkpoint or an exported safetensors student."""
+    """(metadata, state dict) of a run checkpoint, an exported safetensors student or a student folder."""
     path = Path(path)
+    if path.is_dir():
+        if not (path / FOLDER_WEIGHTS).is_file():
+            raise CheckpointError(f"{path}: not a student folder (no {FOLDER_WEIGHTS}; `dtgnet export "
+                                  f"--format folder` writes one)")
+        path = path / FOLDER_WEIGHTS
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
     if path.suffix == ".safetensors":
@@ -46,8 +55,25 @@ def checkpoint_config(path):
     return build_section(Config, _read_student_file(path)[0]["config"])
 
 
+def student_meta(path) -> dict:
+    """What a student file says of itself: ``config``, ``mode``, ``teacher_heads`` (name -> width),
+    ``num_classes``, ``classes`` (when it was written with them) ..."""
+    return _read_student_file(path)[0]
+
+
+def save_student_folder(model: DTGStudent, meta: dict, out, description: dict) -> Path:
+    """A self-describing student folder: ``model.safetensors`` (weights and metadata), ``config.json``
+    (``description``: what a user of another runtime needs) and a README."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_student_safetensors(model, out / FOLDER_WEIGHTS, meta)
+    write_json_atomic(out / FOLDER_CONFIG, description)
+    return out
+
+
 def load_student(path, device: str = "cpu") -> DTGStudent:
-    """A trained student from a run checkpoint (``.pt``) or an exported ``student.safetensors``."""
+    """A trained student from a run checkpoint (``.pt``), an exported ``student.safetensors`` or a student
+    folder written by ``dtgnet export --format folder``."""
     meta, state = _read_student_file(path)
     cfg = build_section(Config, meta["config"])
     model = build_student(cfg, meta.get("teacher_heads", {}), meta.get("num_classes", 0),

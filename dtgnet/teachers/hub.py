@@ -125,9 +125,10 @@ class _OpenClipImage(nn.Module):
         return self.model.encode_image(x)  # CLIP's projected image embedding
 
 
-def open_clip_encoder(cfg, class_names=None) -> FrameEncoder:
+def _open_clip_model(cfg):
     """``open_clip.create_model(cfg.model, pretrained=cfg.weights)``: a pretrained tag or a local checkpoint
-    (loaded weights-only). ``cfg.model`` may also be a model-config JSON file for a custom architecture."""
+    (loaded weights-only). ``cfg.model`` may also be a model-config JSON file for a custom architecture.
+    Returns (model in eval mode, its open_clip name)."""
     open_clip = require_extra("open_clip", "clip")
     name = cfg.model
     if name.endswith(".json"):
@@ -150,18 +151,34 @@ def open_clip_encoder(cfg, class_names=None) -> FrameEncoder:
     except Exception as e:
         where = f"{cfg.weights}" if local else f"open_clip {name} {cfg.weights or '(no weights)'}"
         raise CheckpointError(f"{where}: cannot load ({first_line(e)})") from None
-    model.eval()
+    return model.eval(), name
+
+
+def _open_clip_texts(model, name: str, texts: list[str]) -> tuple[torch.Tensor, float]:
+    tokenizer = require_extra("open_clip", "clip").get_tokenizer(name)
+    with torch.no_grad():
+        return model.encode_text(tokenizer(texts)), float(model.logit_scale.detach().exp())
+
+
+def open_clip_encoder(cfg, class_names=None) -> FrameEncoder:
+    """An open_clip model's image tower (:func:`_open_clip_model`); with ``cfg.prompt``, a zero-shot
+    classifier over the prompted class names."""
+    open_clip = require_extra("open_clip", "clip")
+    model, name = _open_clip_model(cfg)
     pre = getattr(model.visual, "preprocess_cfg", {}) or {}
     mean = tuple(pre.get("mean") or getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
     std = tuple(pre.get("std") or getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
     size = _side(pre.get("size") or model.visual.image_size)
     encoder: nn.Module = _OpenClipImage(model)
     if cfg.prompt:
-        tokenizer = open_clip.get_tokenizer(name)
-        with torch.no_grad():
-            text = model.encode_text(tokenizer(prompt_texts(cfg, class_names)))
-        encoder = _ZeroShot(encoder, text, float(model.logit_scale.detach().exp()))
+        encoder = _ZeroShot(encoder, *_open_clip_texts(model, name, prompt_texts(cfg, class_names)))
     return FrameEncoder(encoder, size, mean, std, None)
+
+
+def open_clip_text(cfg, texts: list[str]) -> tuple[torch.Tensor, float]:
+    """Teacher ``cfg``'s text embeddings ``(C, D)`` of ``texts`` and its logit scale."""
+    model, name = _open_clip_model(cfg)
+    return _open_clip_texts(model, name, texts)
 
 
 # -------------------------------------------------------------------------------------- transformers
@@ -217,9 +234,8 @@ def _hf_preprocessing(source: str, config, local: bool, trust: bool) -> tuple[in
     return _side(size), mean, std
 
 
-def hf_encoder(cfg, class_names=None) -> FrameEncoder:
-    """A Hugging Face model id or local directory: CLIP / SigLIP (projected image embedding by default),
-    DINOv2 and other ViTs (CLS token by default, or mean of patch tokens)."""
+def _hf_model(cfg):
+    """A Hugging Face model id or local directory, loaded: (model in eval mode, its config, local)."""
     transformers = require_extra("transformers", "hf")
     transformers.utils.logging.disable_progress_bar()
     source = cfg.model
@@ -236,14 +252,37 @@ def hf_encoder(cfg, class_names=None) -> FrameEncoder:
     except Exception as e:
         where = "the directory" if local else "the hub or its cache, and no local directory has that name"
         raise CheckpointError(f"{source}: cannot load from {where} ({first_line(e)})") from None
-    model.eval()
+    return model.eval(), config, local
+
+
+def _hf_texts(model, config, source: str, local: bool, texts: list[str]) -> tuple[torch.Tensor, float]:
+    if not (hasattr(model, "get_image_features") and hasattr(model, "get_text_features")):
+        raise ConfigError("teachers.prompt", f"{source} has no text tower; prompts need a CLIP-family model")
+    transformers = require_extra("transformers", "hf")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local)
+    except Exception as e:
+        raise CheckpointError(f"{source}: no tokenizer for the prompts ({first_line(e)})") from None
+    tokens = tokenizer(texts, padding="max_length", truncation=True,
+                       max_length=getattr(config.text_config, "max_position_embeddings", 64), return_tensors="pt")
+    with torch.no_grad():
+        text = model.get_text_features(**{k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask")})
+    text = text if torch.is_tensor(text) else text.pooler_output
+    return text, float(model.logit_scale.detach().exp())
+
+
+def hf_encoder(cfg, class_names=None) -> FrameEncoder:
+    """A Hugging Face model id or local directory: CLIP / SigLIP (projected image embedding by default),
+    DINOv2 and other ViTs (CLS token by default, or mean of patch tokens)."""
+    source = cfg.model
+    model, config, local = _hf_model(cfg)
     projects = hasattr(model, "get_image_features")
     embedding = cfg.embedding if cfg.embedding != "default" else ("projected" if projects else "cls")
     if embedding == "projected" and not projects:
         raise ConfigError("teachers.embedding", f"{source} has no image projection (use cls, mean_patch or pooled)")
     if cfg.prompt and not (projects and hasattr(model, "get_text_features")):
         raise ConfigError("teachers.prompt", f"{source} has no text tower; prompts need a CLIP-family model")
-    size, mean, std = _hf_preprocessing(source, config, local, trust)
+    size, mean, std = _hf_preprocessing(source, config, local, cfg.trust_remote_code)
     vision = getattr(config, "vision_config", config)
     native = getattr(vision, "image_size", size)
     wanted = cfg.input_size or size
@@ -252,17 +291,14 @@ def hf_encoder(cfg, class_names=None) -> FrameEncoder:
     interpolate = wanted != native and "interpolate_pos_encoding" in inspect.signature(vision_model.forward).parameters
     encoder: nn.Module = _HfImage(model, embedding, interpolate, prefix)
     if cfg.prompt:
-        try:
-            tokenizer = transformers.AutoTokenizer.from_pretrained(source, local_files_only=local)
-        except Exception as e:
-            raise CheckpointError(f"{source}: no tokenizer for the prompts ({first_line(e)})") from None
-        tokens = tokenizer(prompt_texts(cfg, class_names), padding="max_length", truncation=True,
-                           max_length=getattr(config.text_config, "max_position_embeddings", 64), return_tensors="pt")
-        with torch.no_grad():
-            text = model.get_text_features(**{k: v for k, v in tokens.items() if k in ("input_ids", "attention_mask")})
-        text = text if torch.is_tensor(text) else text.pooler_output
-        encoder = _ZeroShot(encoder, text, float(model.logit_scale.detach().exp()))
+        encoder = _ZeroShot(encoder, *_hf_texts(model, config, source, local, prompt_texts(cfg, class_names)))
     return FrameEncoder(encoder, size, mean, std, None)
+
+
+def hf_text(cfg, texts: list[str]) -> tuple[torch.Tensor, float]:
+    """Teacher ``cfg``'s text embeddings ``(C, D)`` of ``texts`` and its logit scale (CLIP / SigLIP)."""
+    model, config, local = _hf_model(cfg)
+    return _hf_texts(model, config, cfg.model, local, texts)
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -277,11 +313,12 @@ def _check_hub(key: str, cfg, check_paths: bool) -> None:
         raise ConfigError(f"{key}.weights", f"file not found: {cfg.weights}")
 
 
-def _hub_source(name: str, build, prompts: bool) -> TeacherSource:
+def _hub_source(name: str, build, text=None) -> TeacherSource:
     # which output is the embedding is chosen by the config, not stored in the weights
-    return TeacherSource(name, build, _check_hub, prompts=prompts, describes=("model", "embedding", "prompt"))
+    return TeacherSource(name, build, _check_hub, prompts=text is not None, describes=("model", "embedding", "prompt"),
+                         text=text)
 
 
-register_source(_hub_source("timm", timm_encoder, prompts=False))
-register_source(_hub_source("open_clip", open_clip_encoder, prompts=True))
-register_source(_hub_source("hf", hf_encoder, prompts=True))
+register_source(_hub_source("timm", timm_encoder))
+register_source(_hub_source("open_clip", open_clip_encoder, open_clip_text))
+register_source(_hub_source("hf", hf_encoder, hf_text))

@@ -42,6 +42,9 @@ class TeacherSource:
     """The weights file's bytes go into the cache fingerprint (encoders whose parameters torch cannot see)."""
     describes: tuple[str, ...] = ()
     """Config fields that choose the embedding without being in the weights; the cache fingerprint holds them."""
+    text: Callable[..., tuple] | None = None
+    """CLIP family: ``text(teacher_cfg, texts)`` -> (``(C, D)`` text embeddings in the image embedding's space,
+    logit scale), for zero-shot classification (``dtgnet predict --zero-shot``)."""
 
 
 def register_source(source: TeacherSource) -> TeacherSource:
