@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 import dtgnet.inference.embed as embed_module
@@ -85,18 +86,25 @@ def test_an_interrupted_run_resumes_and_finishes_only_what_is_missing(colours, c
     assert not (out / "embed.progress").exists() and not (out / "features.npy.tmp").exists()
 
 
-def test_torchrun_shards_give_the_single_process_rows(colours, colour_student, tmp_path):
+def test_torchrun_shards_give_the_single_process_rows_and_predictions(colours, colour_student, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     for nproc in (1, 2):
-        out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-                              "-m", "dtgnet", "embed", str(colour_student), str(colours / "test.txt"), "--out",
-                              f"emb{nproc}", "--workers", "0", "--no-progress", "--dtype", "float32"],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert out.returncode == 0, out.stderr[-3000:]
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m",
+                    "dtgnet"]
+        common = [str(colour_student), str(colours / "test.txt"), "--workers", "0", "--no-progress"]
+        for command in (["embed", *common, "--out", f"emb{nproc}", "--dtype", "float32"],
+                        ["predict", *common, "--window", "0.5", "--out", f"pred{nproc}.jsonl"]):
+            out = subprocess.run(launcher + command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+            assert out.returncode == 0, out.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "emb1/features.npy"), np.load(tmp_path / "emb2/features.npy"), atol=1e-5)
     assert (tmp_path / "emb1/index.jsonl").read_text() == (tmp_path / "emb2/index.jsonl").read_text()
+    one, two = ([json.loads(line) for line in (tmp_path / f"pred{n}.jsonl").read_text().splitlines()] for n in (1, 2))
+    assert [r["path"] for r in one] == [r["path"] for r in two] and len(one) == 6  # every video once, in input order
+    for a, b in zip(one, two):
+        assert [w["top"][0]["class"] for w in a["windows"]] == [w["top"][0]["class"] for w in b["windows"]]
+        assert [t["prob"] for t in a["top"]] == pytest.approx([t["prob"] for t in b["top"]], abs=1e-5)
 
 
 def test_bad_requests_are_one_line(colour_student, tmp_path, capsys):
