@@ -1,6 +1,7 @@
 """DDP through torchrun on the CPU (gloo): 2 processes must train exactly like 1 with the same global batch,
 stop together on a preemption signal, and survive the loss of a worker through an elastic restart."""
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -112,29 +113,37 @@ def test_sigterm_stops_every_rank_then_an_elastic_restart_finishes_identically(t
     wait_for(lambda: logged_step(out) >= 2, job, "step 2")
     job.send_signal(signal.SIGTERM)
     printed = job.communicate(timeout=120)[0]
-    assert job.returncode != 0 and printed.count("dtgnet: preempted: SIGTERM at step") == 2, printed[-3000:]
+    said = re.findall(r"dtgnet: preempted: SIGTERM at step (\d+)", printed)
+    assert job.returncode != 0 and len(said) == 2 and said[0] == said[1], printed[-3000:]  # both ranks, one step
     stopped = last_tensors(out)[0]
-    assert 2 <= stopped < STEPS
+    assert 2 <= stopped < STEPS and int(said[0]) == stopped
     assert [r["step"] for r in read_log(out / "log.jsonl") if r.get("event") == "preempted"] == [stopped]
     # 2. the same command resumes; rank 1 is killed mid-run and torchrun restarts the job, which resumes again.
     # torch's gloo rendezvous in a restarted round sometimes fails ("connection refused") however often it
-    # is retried; a scheduler then requeues the same command, as done here once
+    # is retried; a scheduler then requeues the same command, as done here, and the test is reported as an
+    # expected failure (x), not a pass: the elastic restart itself was not shown
     job = start(args, runs, 2, "--max-restarts=2", "--monitor-interval=0.1")
     wait_for(lambda: logged_step(out) > stopped, job, f"step {stopped + 1}")
     os.kill(worker_pid(job.pid, 1), signal.SIGKILL)
     printed = job.communicate(timeout=400)[0]
-    if job.returncode != 0:
+    restarted_by_torchrun = job.returncode == 0
+    resumes_by_torchrun = [r["step"] for r in read_log(out / "log.jsonl") if r.get("event") == "resume"]
+    if not restarted_by_torchrun:
         assert "connectFullMesh" in printed, printed[-3000:]
         job = start(args, runs, 2)
         printed = job.communicate(timeout=400)[0]
     assert job.returncode == 0, printed[-3000:]
     resumes = [r["step"] for r in read_log(out / "log.jsonl") if r.get("event") == "resume"]
-    assert len(resumes) == 2 and resumes[0] == stopped, resumes
+    assert len(resumes) == 2 and resumes[0] == stopped and resumes[1] > stopped, resumes
     step, final = last_tensors(out)
     ref_step, ref = last_tensors(runs / "two")
     assert step == ref_step == STEPS and final.keys() == ref.keys()
     different = [k for k in final if not torch.equal(final[k], ref[k])]
     assert not different, different[:5]
+    if not restarted_by_torchrun:
+        pytest.xfail("torchrun's restarted round failed in gloo's rendezvous (connectFullMesh); the requeued job "
+                     "finished identically, but no resume came from torchrun's own restart")
+    assert resumes_by_torchrun == resumes  # both resumes happened inside the torchrun job that was killed
 
 
 def test_vit_student_trains_alike_in_one_and_two_processes(tiny_synth, tmp_path):
