@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-quick study test clean
+.PHONY: demo demo-quick study test mutation clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,5 +24,10 @@ study: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# mutation testing of the losses, weighting, checkpoints, samplers and run state (not part of `make test`)
+mutation: $(STAMP)
+	$(PY) -m pip install -q 'mutmut>=3'
+	$(PY) benchmarks/mutation.py --json mutation.json
+
 clean:
-	rm -rf $(VENV) demo_out study_out runs
+	rm -rf $(VENV) demo_out study_out runs mutation.json

@@ -17,7 +17,8 @@ UCF_SPLITS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ucf101_s
 TINY = SynthPreset(pairs=2, train_per_class=6, val_per_class=2, test_per_class=3, stills_per_class=6,
                    frames=8, size=32)
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# DTGNET_TEST_THREADS=1 for runners that fork after the tests started (mutmut): a forked OpenMP pool deadlocks
+torch.set_num_threads(int(os.environ.get("DTGNET_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 
 def tiny_overrides(root, out, **extra):

@@ -78,9 +78,44 @@ def test_dtg_loss_is_weighted_sum_of_symmetric_cross_view_terms():
 
 
 def test_pair_term_rejects_unknown_form():
-    x = torch.randn(3, 4)
-    with pytest.raises(ValueError):
+    x = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="unknown loss form 'cosine'"):
         pair_term(x, x, x, x, "cosine", 0.1, 1.0)
+
+
+def test_pair_term_with_a_queue_is_the_symmetric_loop():
+    g = torch.Generator().manual_seed(5)
+    u_a, u_b, t_a, t_b = torch.randn(4, 6, 5, generator=g).unbind(0)
+    queue = torch.randn(7, 5, generator=g)  # past teacher embeddings: extra negatives in both directions
+    expected = 0.5 * (naive_info_nce(u_a, t_b, 0.2, queue) + naive_info_nce(u_b, t_a, 0.2, queue))
+    assert pair_term(u_a, u_b, t_a, t_b, "infonce", 0.2, 1.0, queue).item() == pytest.approx(expected, rel=1e-5)
+
+
+class FactoryDevices(torch.overrides.TorchFunctionMode):
+    """Records the ``device`` every tensor factory (arange, eye, ...) was called with."""
+
+    FACTORIES = (torch.arange, torch.eye, torch.zeros, torch.ones, torch.full, torch.empty, torch.tensor)
+
+    def __init__(self):
+        super().__init__()
+        self.devices = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.FACTORIES:
+            self.devices.append(kwargs.get("device"))
+        return func(*args, **kwargs)
+
+
+def test_the_losses_make_every_tensor_on_their_inputs_device():
+    """A label or mask made on the default device would fail on a GPU; on a CPU-only machine only the ``device``
+    argument shows it."""
+    q, k, r = torch.randn(3, 4, 5).unbind(0)
+    with FactoryDevices() as made:
+        for loss in (info_nce(q, k, 0.1), margin_contrastive(q, k, 1.0), relational(q, k, 0.1),
+                     reverse_contrast(q, k, r, 0.1), segment_alignment(q[:, None], k[:, None], 0.1)):
+            assert torch.isfinite(loss)
+    assert made.devices and all(d == q.device for d in made.devices), made.devices
 
 
 def test_cosine_regression_matches_loop():

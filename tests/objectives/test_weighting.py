@@ -67,3 +67,9 @@ def test_build_weighting_reads_the_config():
     assert type(build_weighting(LossConfig(weighting="learned"), [1.0])) is LearnedWeights
     adaptive = build_weighting(LossConfig(weighting="adaptive", adaptive_momentum=0.7, adaptive_temperature=2.0), [1.0])
     assert (adaptive.momentum, adaptive.temperature) == (0.7, 2.0)
+
+
+def test_adaptive_defaults_are_the_configs():
+    """The class used without a config weights as the documented config defaults do."""
+    cfg, w = LossConfig(), AdaptiveWeights([1.0, 2.0])
+    assert (w.momentum, w.temperature) == (cfg.adaptive_momentum, cfg.adaptive_temperature)

@@ -98,7 +98,8 @@ def test_onnx_teacher(tmp_path):
 def test_action_teacher_train_save_load(tiny_synth, tmp_path):
     out = tmp_path / "action.safetensors"
     r = train_action_teacher(tiny_synth / "stills", out, input_size=32, epochs=3, progress=False)
-    assert r["classes"] == 4 and 0 <= r["val_acc"] <= 1
+    # the head fits its stills far above chance (0.25); the few held-out stills are too few to score on
+    assert r["classes"] == 4 and r["train_acc"] >= 0.75
     enc, meta = load_action_teacher(out)
     assert meta["classes"] == sorted(meta["classes"]) and "rotate_cw" in meta["classes"]
     t = build_teacher(TeacherConfig("action", "action", str(out)))

@@ -117,3 +117,87 @@ def test_rng_state_round_trips_through_a_checkpoint(tmp_path):
     set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
     again = (random.random(), np.random.rand(), torch.rand(2))
     assert expected[:2] == again[:2] and torch.equal(expected[2], again[2])
+
+
+def test_config_hash_ignores_key_order_and_sees_every_value():
+    from dtgnet.training.checkpoint import config_hash
+
+    a = config_hash({"optim": {"lr": 0.1, "batch_size": 4}, "seed": 0})
+    assert a == config_hash({"seed": 0, "optim": {"batch_size": 4, "lr": 0.1}})  # order of keys is not a change
+    assert len(a) == 16 and int(a, 16) >= 0
+    assert a != config_hash({"optim": {"lr": 0.2, "batch_size": 4}, "seed": 0})
+
+
+def test_state_tensors_names_every_tensor_a_run_must_agree_on():
+    from dtgnet.training.checkpoint import state_tensors
+
+    w, m, q = torch.ones(2), torch.zeros(2), torch.full((3, 4), 2.0)
+    ckpt = {"model": {"fc.weight": w}, "optimizer": {"state": {0: {"exp_avg": m, "step": 3}}},
+            "weighting": {"log_vars": torch.zeros(2)}, "queues": [q]}
+    flat = state_tensors(ckpt)
+    assert list(flat) == ["model.fc.weight", "optim.0.exp_avg", "weighting.log_vars", "queue.0"]  # no int "step"
+    assert flat["model.fc.weight"] is w and flat["optim.0.exp_avg"] is m and flat["queue.0"] is q
+
+
+def test_no_readable_checkpoint_says_why_for_each_file(tmp_path):
+    from dtgnet.training.checkpoint import load_newest_readable, save_rotating
+
+    with pytest.raises(CheckpointError) as e:
+        load_newest_readable(tmp_path)
+    assert str(e.value) == f"{tmp_path}: no readable checkpoint to resume from"
+    for step in (1, 2):
+        save_rotating({"step": step}, tmp_path, step, keep=3)
+    for f in tmp_path.glob("*.pt"):
+        f.write_bytes(b"damaged")
+    with pytest.raises(CheckpointError) as e:
+        load_newest_readable(tmp_path)
+    text = str(e.value)
+    assert text.startswith(f"{tmp_path}: no readable checkpoint to resume from (") and text.endswith(")")
+    assert text.count("checksum mismatch") == 3 and text.count("; ") == 2  # last.pt and both step files
+
+
+def test_where_hard_links_fail_the_aliases_are_copies(tmp_path, monkeypatch):
+    import os
+
+    from dtgnet.io import checksum_path
+    from dtgnet.training.checkpoint import save_rotating
+
+    def no_links(src, dst):
+        raise OSError("hard links not supported")
+
+    monkeypatch.setattr(os, "link", no_links)
+    nested = tmp_path / "run" / "checkpoints"  # parents are made
+    save_rotating({"step": 7, "w": torch.arange(3)}, nested, 7, keep=2, best=True)
+    for alias in ("last.pt", "best.pt"):
+        assert load_checkpoint(nested / alias)["step"] == 7 and checksum_path(nested / alias).is_file()
+        assert (nested / alias).stat().st_ino != (nested / "step_00000007.pt").stat().st_ino
+    save_rotating({"step": 8}, nested, 8, keep=2)  # best only when asked
+    assert load_checkpoint(nested / "best.pt")["step"] == 7 and load_checkpoint(nested / "last.pt")["step"] == 8
+
+
+def test_rotation_survives_a_step_file_whose_checksum_is_already_gone(tmp_path):
+    from dtgnet.io import checksum_path
+    from dtgnet.training.checkpoint import save_rotating
+
+    save_rotating({"step": 1}, tmp_path, 1, keep=1)
+    checksum_path(tmp_path / "step_00000001.pt").unlink()  # removed by hand, or by a run killed mid-rotation
+    save_rotating({"step": 2}, tmp_path, 2, keep=1)
+    assert [p.name for p in tmp_path.glob("step_*.pt")] == ["step_00000002.pt"]
+
+
+def test_the_cuda_generators_are_saved_and_restored_when_there_is_a_gpu(monkeypatch):
+    from dtgnet.training import checkpoint
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: ["gpu0 state"])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", calls.append)
+    state = checkpoint.rng_state()
+    assert state["cuda"] == ["gpu0 state"]
+    checkpoint.set_rng_state(state)
+    assert calls == [["gpu0 state"]]
+    checkpoint.set_rng_state({k: v for k, v in state.items() if k != "cuda"})  # a checkpoint from a CPU run
+    assert calls == [["gpu0 state"]]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    checkpoint.set_rng_state(state)  # a GPU checkpoint resumed on a CPU
+    assert calls == [["gpu0 state"]] and "cuda" not in checkpoint.rng_state()

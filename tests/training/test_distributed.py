@@ -85,20 +85,25 @@ def runs(tiny_synth, tmp_path_factory):
 
 
 def test_two_process_ddp_matches_one_process(runs):
+    """The whole run, step by step. Two processes are not bit-identical to one: each rank's forward runs on half
+    the batch and gloo sums the gradients in another order. Measured on this suite's run: losses within 2e-6
+    (relative), the learned teacher weights equal, all weights within 6e-6 (relative norm) and every tensor
+    within 3.4e-4 after 6 Adam steps; the bounds below leave a factor of 5."""
     logs = {n: [r for r in read_log(runs / n / "log.jsonl") if "loss" in r] for n in ("one", "two")}
     assert [r["step"] for r in logs["one"]] == [r["step"] for r in logs["two"]] == list(range(1, STEPS + 1))
-    for a, b in zip(logs["one"][:3], logs["two"][:3]):
-        assert abs(a["loss"] - b["loss"]) < 1e-4 * max(1.0, abs(a["loss"]))
-        assert abs(a["weights"]["imagenet"] - b["weights"]["imagenet"]) < 1e-5
-    # after 3 steps, as float noise between 1 and 2 processes grows with every Adam step
-    one, two = (torch.load(runs / n / "checkpoints" / "step_00000003.pt", weights_only=True)["model"]
-                for n in ("one", "two"))
-    assert one.keys() == two.keys()
-    for k in one:
-        # whole-tensor comparison: Adam's first steps turn near-zero gradients (float noise apart) into
-        # near-lr updates, so single elements may differ by ~lr while the tensors agree to 1e-3 or better
-        a, b = one[k].double(), two[k].double()
-        assert (a - b).norm() <= 1e-3 * a.norm() + 1e-6, k
+    for a, b in zip(logs["one"], logs["two"]):
+        assert abs(a["loss"] - b["loss"]) <= 1e-5 * abs(a["loss"]), (a["step"], a["loss"], b["loss"])
+        assert abs(a["weights"]["imagenet"] - b["weights"]["imagenet"]) <= 1e-6, a["step"]
+    for step in range(1, STEPS + 1):
+        one, two = (torch.load(runs / n / "checkpoints" / f"step_{step:08d}.pt", weights_only=True)["model"]
+                    for n in ("one", "two"))
+        assert one.keys() == two.keys()
+        floats = sorted(k for k in one if one[k].is_floating_point())
+        a, b = (torch.cat([t[k].double().flatten() for k in floats]) for t in (one, two))
+        assert (a - b).norm() <= 3e-5 * a.norm(), step
+        for k in floats:
+            x, y = one[k].double(), two[k].double()
+            assert (x - y).norm() <= 2e-3 * x.norm() + 1e-7, (step, k)
     # only rank 0 wrote: one log, one events file
     assert len(list((runs / "two" / "tb").glob("events.*"))) == 1
 
@@ -146,8 +151,9 @@ def test_sigterm_stops_every_rank_then_an_elastic_restart_finishes_identically(t
     assert resumes_by_torchrun == resumes  # both resumes happened inside the torchrun job that was killed
 
 
-def test_vit_student_trains_alike_in_one_and_two_processes(tiny_synth, tmp_path):
-    opts = {**COMMON, "student.arch": "vit_t", "student.patch_size": 8, "optim.max_steps": 3,
+@pytest.mark.parametrize("arch", ["vit_t", "r3d_18"])
+def test_a_vit_and_a_3d_student_train_alike_in_one_and_two_processes(tiny_synth, tmp_path, arch):
+    opts = {**COMMON, "student.arch": arch, "student.patch_size": 8, "optim.max_steps": 3,
             "run.keep_checkpoints": 3}
     for name, nproc in (("one", 1), ("two", 2)):
         run(["pretrain", *tiny_overrides(tiny_synth, tmp_path / name, **opts), "--no-progress"], tmp_path, nproc)

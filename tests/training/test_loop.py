@@ -7,7 +7,8 @@ import torch
 
 from dtgnet.cli import main
 from dtgnet.errors import TooManyBadItems
-from dtgnet.students import load_student
+from dtgnet.evaluation import evaluate_model
+from dtgnet.students import checkpoint_config, load_student
 from dtgnet.training import Trainer, train
 from dtgnet.training.runlog import RunDir, RunDirError, read_log
 from tests.conftest import tiny_cfg, tiny_overrides
@@ -177,13 +178,15 @@ def test_cli_modes(tiny_synth, tmp_path, capsys):
     assert main(["finetune", *ov_ft, "--init", str(tmp_path / "cli" / "checkpoints" / "last.pt"),
                  "--no-progress"]) == 0
     assert main(["finetune", *ov_ft, "--init", str(tmp_path / "none.pt"), "--force"]) == 2
-    assert main(["eval", "--checkpoint", str(tmp_path / "cli_ft" / "student.safetensors"),
-                 "--protocol", "finetune", "--json", str(tmp_path / "e.json")]) == 0
-    res = json.loads((tmp_path / "e.json").read_text())
-    assert 0 <= res["mean"]["video_top1"] <= 1 and "clip_top1" in res["mean"]
-    for protocol in ("knn", "retrieval", "linear"):
-        assert main(["eval", "--checkpoint", str(tmp_path / "cli" / "student.safetensors"),
-                     "--protocol", protocol]) == 0
+    # each protocol's printed figures are the evaluation of that checkpoint on the config's test list
+    for ckpt, protocol, keys in (("cli_ft", "finetune", {"clip_top1", "video_top1", "top1"}),
+                                 ("cli", "knn", {"top1"}), ("cli", "linear", {"top1"}),
+                                 ("cli", "retrieval", {"R@1", "R@5", "R@10", "R@20", "R@50"})):
+        path = tmp_path / ckpt / "student.safetensors"
+        assert main(["eval", "--checkpoint", str(path), "--protocol", protocol, "--json", str(tmp_path / "e.json")]) == 0
+        res = json.loads((tmp_path / "e.json").read_text())["mean"]
+        direct = evaluate_model(load_student(path), checkpoint_config(path), protocol)
+        assert set(res) == keys and res == pytest.approx({k: direct[k] for k in keys}), protocol
     assert main(["eval", "--checkpoint", str(tmp_path / "cli" / "student.safetensors"),
                  "--protocol", "finetune"]) == 2  # a pre-trained student has no classifier
     assert main(["eval", "--checkpoint", str(tmp_path / "cli" / "student.safetensors"),
@@ -314,9 +317,11 @@ def test_semi_supervised_joint_uses_unlabelled_videos(tiny_synth, tmp_path):
               progress=False)
 
 
-@pytest.mark.parametrize("arch, extra", [("vit_t", {"student.patch_size": 8}), ("mvit_v2_s", {}),
-                                         ("swin3d_t", {})])
-def test_new_students_train_in_every_mode_with_the_cache_and_resume_exactly(tiny_synth, tmp_path, arch, extra):
+@pytest.mark.parametrize("arch, extra", [
+    ("tsn_r18", {}), ("r3d_18", {}), ("r2plus1d_18", {}), ("s3d", {"data.frames": 8}), ("mvit_v2_s", {}),
+    ("swin3d_t", {}), ("vit_t", {"student.patch_size": 8}), ("vit_s", {"student.patch_size": 8}),
+    ("vit_b", {"student.patch_size": 8})])
+def test_every_student_trains_in_every_mode_with_the_cache_and_resume_exactly(tiny_synth, tmp_path, arch, extra):
     opts = {"student.arch": arch, "run.teacher_cache": True, "optim.max_steps": 2, "run.checkpoint_every": 1,
             "run.keep_checkpoints": 2, "data.num_workers": 0, **extra}
     out = tmp_path / "pre"

@@ -105,23 +105,25 @@ def test_sigkill_with_workers_resumes_at_once_bit_identical(tiny_synth, referenc
         assert_same(out, reference, f"kill at step {kill_at}")
 
 
-def test_sigterm_checkpoints_within_a_step_and_resumes_bit_identical(tiny_synth, reference):
-    """As a scheduler does, the signal goes to every process of the job: the run and its DataLoader workers."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
+def test_a_preemption_signal_from_outside_checkpoints_within_a_step_and_resumes_bit_identical(tiny_synth, reference, sig):
+    """As a scheduler does, the signal goes to every process of the job, from outside: the run and its
+    DataLoader workers (SIGTERM, or SIGUSR1 as SLURM's --signal sends it)."""
     work = reference[0]
-    out = work / "preempted"
+    out = work / f"preempted_{sig.name}"
     p, logged = start_and_wait_for_step(tiny_synth, out, 3)
     assert children(p.pid)
-    os.killpg(p.pid, signal.SIGTERM)
+    os.killpg(p.pid, sig)
     assert p.wait(timeout=120) == EXIT_PREEMPTED, p.stderr.read().decode()[-2000:]
-    assert "preempted: SIGTERM at step" in p.stderr.read().decode()
+    assert f"preempted: {sig.name} at step" in p.stderr.read().decode()
     saved = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["step"]
     # the log may have moved on by one step between reading it and the signal landing
     assert logged <= saved <= logged + 2 < STEPS
     events = [r for r in read_log(out / "log.jsonl") if r.get("event") == "preempted"]
-    assert events == [{**events[0], "signal": "SIGTERM", "step": saved}]
+    assert events == [{**events[0], "signal": sig.name, "step": saved}]
     resumed = dtgnet(["pretrain", "-c", str(out / "config.yaml"), "--resume", "auto", "--no-progress"], work)
     assert resumed.wait(timeout=600) == 0, resumed.stderr.read().decode()[-2000:]
-    assert_same(out, reference, f"SIGTERM at step {saved}")
+    assert_same(out, reference, f"{sig.name} at step {saved}")
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_synth, tmp_path, monkeypatch):
