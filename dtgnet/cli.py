@@ -178,10 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a checkpoint",
                         description="Evaluate one checkpoint on the test list: finetune (clip and video top-1), "
-                                    "linear probe, kNN or retrieval R@1/5/10/20/50.")
+                                    "linear probe, attentive probe (a cross-attention pooler trained on the frozen "
+                                    "tokens), kNN or retrieval R@1/5/10/20/50.")
     ev.add_argument("--checkpoint", action="append", required=True,
                     help="checkpoint .pt or student.safetensors (repeat once per split for finetune --split all)")
-    ev.add_argument("--protocol", choices=("finetune", "linear", "knn", "retrieval"), required=True,
+    ev.add_argument("--protocol", choices=("finetune", "linear", "attentive", "knn", "retrieval"), required=True,
                     help="evaluation protocol")
     ev.add_argument("-c", "--config", help="config whose data section to use (default: the checkpoint's)")
     ev.add_argument("overrides", nargs="*", help=OVERRIDE_HELP)

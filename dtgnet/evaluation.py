@@ -1,4 +1,5 @@
-"""Evaluation of one checkpoint: fine-tune top-1 (clip and video level), linear probe, kNN, retrieval.
+"""Evaluation of one checkpoint: fine-tune top-1 (clip and video level), linear probe, attentive probe, kNN,
+retrieval.
 
 Video-level scores average the softmax over ``data.eval_clips`` deterministic clips; video-level features are
 the mean of the clips' backbone features, L2-normalised.
@@ -20,7 +21,8 @@ from .data.prepare import reader_for
 from .errors import CheckpointError, DataError
 from .students import DTGStudent, load_student
 
-PROTOCOLS = ("finetune", "linear", "knn", "retrieval")
+PROTOCOLS = ("finetune", "linear", "attentive", "knn", "retrieval")
+PROBE_EPOCHS, PROBE_MIN_STEPS, PROBE_LR, PROBE_WD, PROBE_BATCH = 20, 300, 1e-3, 0.05, 32
 RECALL_KS = (1, 5, 10, 20, 50)
 
 
@@ -101,6 +103,74 @@ def retrieval_recall(train_x, train_y, test_x, test_y, ks=RECALL_KS) -> dict:
     return {f"R@{k}": hits[:, :min(k, hits.shape[1])].any(1).float().mean().item() for k in ks}
 
 
+@torch.no_grad()
+def extract_tokens(model: DTGStudent, dataset: VideoDataset, device, batch_size: int = 8, progress: bool = False,
+                   desc: str = "tokens") -> dict:
+    """The frozen backbone's last tokens of every clip, ``(N, clips, n_tokens, D)`` float16, and labels ``(N,)``."""
+    model.eval()
+    tokens, labels = [], []
+    for clips, label in _eval_batches(dataset, batch_size, progress, desc):
+        b, c = clips.shape[:2]
+        t = model.backbone.tokens(clips.flatten(0, 1).to(device))  # (B*C, n_tokens, D)
+        tokens.append(t.half().unflatten(0, (b, c)).cpu())
+        labels.append(label)
+    return {"tokens": torch.cat(tokens), "labels": torch.cat(labels)}
+
+
+class AttentiveProbe(torch.nn.Module):
+    """V-JEPA's attentive probe: a learned query attends over a clip's frozen tokens (one cross-attention block
+    with an MLP, pre-norm), then a linear classifier. ``(B, N, D)`` -> ``(B, K)`` logits."""
+
+    def __init__(self, dim: int, num_classes: int, heads: int = 8):
+        super().__init__()
+        heads = next(h for h in (heads, 4, 2, 1) if dim % h == 0)
+        self.query = torch.nn.Parameter(torch.zeros(1, 1, dim))
+        torch.nn.init.trunc_normal_(self.query, std=0.02)
+        self.norm_tokens, self.norm_mlp, self.norm_out = (torch.nn.LayerNorm(dim) for _ in range(3))
+        self.attention = torch.nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(dim, 4 * dim), torch.nn.GELU(), torch.nn.Linear(4 * dim, dim))
+        self.classifier = torch.nn.Linear(dim, num_classes)
+
+    def forward(self, tokens):
+        x = self.norm_tokens(tokens)  # (B, N, D)
+        q = self.query.expand(len(tokens), -1, -1)  # (B, 1, D)
+        h = q + self.attention(q, x, x, need_weights=False)[0]  # (B, 1, D)
+        h = h + self.mlp(self.norm_mlp(h))
+        return self.classifier(self.norm_out(h[:, 0]))  # (B, K)
+
+
+def attentive_probe(train: dict, test: dict, seed: int = 0, epochs: int = PROBE_EPOCHS, device="cpu") -> float:
+    """Train an :class:`AttentiveProbe` on the training clips' frozen tokens (every clip a sample, AdamW with
+    cosine decay, ``epochs`` passes but at least ``PROBE_MIN_STEPS`` steps: a small set gets more passes) and
+    return the test videos' top-1 from the softmax averaged over their clips."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    x = train["tokens"].flatten(0, 1)  # (N*C, n_tokens, D)
+    y = train["labels"].repeat_interleave(train["tokens"].shape[1])  # (N*C,)
+    num_classes = int(max(train["labels"].max(), test["labels"].max())) + 1
+    probe = AttentiveProbe(x.shape[-1], num_classes).to(device)
+    per_epoch = -(-len(x) // PROBE_BATCH)
+    epochs = max(epochs, -(-PROBE_MIN_STEPS // per_epoch))
+    steps = epochs * per_epoch
+    opt = torch.optim.AdamW(probe.parameters(), lr=PROBE_LR, weight_decay=PROBE_WD)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    probe.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(x), generator=g).split(PROBE_BATCH):
+            loss = F.cross_entropy(probe(x[idx].to(device).float()), y[idx].to(device))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    probe.eval()
+    with torch.no_grad():
+        n, c = test["tokens"].shape[:2]
+        logits = torch.cat([probe(part.to(device).float()).cpu()
+                            for part in test["tokens"].flatten(0, 1).split(4 * PROBE_BATCH)])  # (N*C, K)
+        video = logits.softmax(-1).unflatten(0, (n, c)).mean(1).argmax(-1)  # (N,)
+    return (video == test["labels"]).float().mean().item()
+
+
 def linear_probe(train_x, train_y, test_x, test_y, seed: int = 0) -> float:
     """Multinomial logistic regression on frozen features (standardised), scikit-learn's lbfgs."""
     from sklearn.linear_model import LogisticRegression
@@ -130,6 +200,8 @@ def evaluate_model(model: DTGStudent, cfg, protocol: str, device="cpu", progress
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
     model = model.to(device)
+    if protocol == "attentive":
+        return _attentive(model, cfg, device, progress, test_subset)
     test = extract(model, eval_dataset(cfg, test_subset, model.temporal), device, progress=progress, desc=f"{test_subset} clips")
     if protocol == "finetune":
         if test["logits"] is None:
@@ -141,6 +213,12 @@ def evaluate_model(model: DTGStudent, cfg, protocol: str, device="cpu", progress
         return out
     train = extract(model, eval_dataset(cfg, "train", model.temporal), device, progress=progress, desc="train clips")
     return frozen_protocol(protocol, train, test, cfg.run.seed)
+
+
+def _attentive(model: DTGStudent, cfg, device, progress: bool, test_subset: str) -> dict:
+    tokens = {subset: extract_tokens(model, eval_dataset(cfg, subset, model.temporal), device, progress=progress,
+                                     desc=f"{subset} tokens") for subset in ("train", test_subset)}
+    return {"top1": attentive_probe(tokens["train"], tokens[test_subset], cfg.run.seed, device=device)}
 
 
 def frozen_protocol(protocol: str, train: dict, test: dict, seed: int) -> dict:
@@ -183,7 +261,7 @@ def evaluate_checkpoints(checkpoints: list[str], cfg, protocol: str, splits: lis
     if protocol == "finetune" and len(splits) > 1 and len(checkpoints) != len(splits):
         raise CheckpointError("the finetune protocol over several splits needs one fine-tuned checkpoint "
                               "per split (--checkpoint given once per split, in split order)")
-    if protocol != "finetune" and len(checkpoints) == 1 and len(splits) > 1:
+    if protocol not in ("finetune", "attentive") and len(checkpoints) == 1 and len(splits) > 1:
         per_split = _frozen_over_splits(load_student(checkpoints[0], device), cfg, protocol, splits, device, progress)
     else:
         per_split = {}

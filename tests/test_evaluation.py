@@ -111,3 +111,44 @@ def test_three_split_mean_extracts_every_video_once(ucf_like, monkeypatch):
                 assert value == pytest.approx(alone[key], abs=1e-6), (protocol, split, key)
         for key, value in res["mean"].items():
             assert value == pytest.approx(sum(res["splits"][s][key] for s in (1, 2, 3)) / 3)
+
+
+def test_cnn_tokens_pool_to_the_feature_and_vit_tokens_cover_the_tubelets():
+    from dtgnet.students import DTGStudent
+
+    for arch, frames, size in (("tsn_r18", 3, 64), ("r3d_18", 4, 32), ("swin3d_t", 4, 32)):
+        m = DTGStudent(arch, frames, {}, size=size).eval()
+        x = torch.rand(2, frames, 3, size, size)
+        with torch.no_grad():
+            tokens = m.backbone.tokens(x)  # (B, N, D)
+            torch.testing.assert_close(tokens.mean(1), m.features(x), atol=1e-5, rtol=1e-4)  # average pooling
+        assert tokens.shape[0] == 2 and tokens.shape[2] == m.backbone.feature_dim and tokens.shape[1] > 1
+    vit = DTGStudent("vit_t", 4, {}, size=32, patch_size=8).eval()
+    with torch.no_grad():
+        assert vit.backbone.tokens(torch.rand(1, 4, 3, 32, 32)).shape == (1, 2 * 4 * 4, 192)  # 2x4x4 tubelets
+
+
+def test_attentive_probe_trains_and_scores_videos_from_their_clips():
+    """Three classes whose tokens scatter around a centre each; two clips per video, scored together."""
+    from dtgnet.evaluation import attentive_probe
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 8, generator=g)
+
+    def videos(n):
+        labels = torch.arange(n) % 3
+        tokens = torch.randn(n, 2, 16, 8, generator=g) + centres[labels][:, None, None]  # (N, clips, tokens, D)
+        return {"tokens": tokens.half(), "labels": labels}
+
+    train, test = videos(96), videos(48)
+    assert attentive_probe(train, test, seed=0) == 1.0
+    shuffled = {"tokens": train["tokens"], "labels": train["labels"][torch.randperm(96, generator=g)]}
+    assert attentive_probe(shuffled, test, seed=0) < 0.7  # labels it cannot learn: near chance (1/3)
+
+
+def test_attentive_protocol_on_a_tiny_set(colours, colour_student):
+    from dtgnet.evaluation import evaluate_model
+    from dtgnet.students import checkpoint_config, load_student
+
+    res = evaluate_model(load_student(colour_student), checkpoint_config(colour_student), "attentive")
+    assert set(res) == {"top1"} and res["top1"] >= 5 / 6  # red and blue scenes, 6 test videos

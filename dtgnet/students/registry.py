@@ -7,7 +7,9 @@ It declares:
 * ``temporal``: ``"segments"`` (T frames spread over the whole video, TSN-style) or ``"clip"`` (T contiguous
   frames at ``data.stride``), which tells the data path how to sample;
 * optionally ``per_segment(x) -> (B, T, feature_dim)``: one feature per segment before the consensus, which
-  per-segment alignment (``loss.segment_weight``) needs.
+  per-segment alignment (``loss.segment_weight``) needs;
+* ``tokens(x) -> (B, N, feature_dim)``: its last tokens before pooling (ViT tokens, a CNN's last feature map
+  positions), which the attentive probe (``dtgnet eval --protocol attentive``) reads.
 
 Each architecture registers one :class:`StudentArch` in :data:`~dtgnet.registry.STUDENTS`.
 """

@@ -60,6 +60,17 @@ class TSNResNet18(nn.Module):
     def forward(self, x):
         return self.per_segment(x).mean(1)  # (B, 512)
 
+    def tokens(self, x):
+        """``(B, T * h * w, 512)``: every segment's last feature map, one token per position."""
+        b, t = x.shape[:2]
+        if t != self.frames:
+            raise ValueError(f"student built for {self.frames} segments got {t}")
+        n = self.net
+        f = (x.flatten(0, 1) - self.mean) / self.std  # (B*T, 3, H, W)
+        f = n.maxpool(n.relu(n.bn1(n.conv1(f))))
+        f = n.layer4(n.layer3(n.layer2(n.layer1(f))))  # (B*T, 512, h, w)
+        return f.flatten(2).transpose(1, 2).reshape(b, -1, f.shape[1])  # (B, T*h*w, 512)
+
 
 register_student(StudentArch("tsn_r18", lambda frames, temporal_shift=False, **_: TSNResNet18(frames, temporal_shift),
                              per_segment=True))

@@ -28,17 +28,38 @@ class Video3D(nn.Module):
         if arch == "s3d":
             net.avgpool = nn.AdaptiveAvgPool3d(1)
         head, self.feature_dim = self.HEADS[arch]
+        self.arch = arch
         setattr(net, head, nn.Identity())
         self.net = net
         mean, std = (KINETICS_MEAN, KINETICS_STD) if arch in ("r3d_18", "r2plus1d_18", "s3d") else (MVIT_MEAN, MVIT_STD)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1, 1), persistent=False)
 
+    TOKENS = {"r3d_18": "avgpool", "r2plus1d_18": "avgpool", "s3d": "avgpool", "swin3d_t": "avgpool",
+              "mvit_v2_s": "norm"}
+    """The module whose input (a ``(B, C, t, h, w)`` map) or output (MViT: class token + tokens) holds the last
+    tokens before pooling."""
+
     def forward(self, x):
         v = (x.transpose(1, 2) - self.mean) / self.std  # (B, 3, T, H, W)
         if v.is_cuda:  # cuDNN's fastest 3D convolutions want channels-last input
             v = v.contiguous(memory_format=torch.channels_last_3d)
         return self.net(v).flatten(1)  # (B, feature_dim)
+
+    def tokens(self, x):
+        """``(B, N, feature_dim)``: the last feature map's positions (MViT: its tokens without the class token)."""
+        seen = {}
+        where = getattr(self.net, self.TOKENS[self.arch])
+
+        def keep(_module, args, out):
+            seen["x"] = out[:, 1:] if self.arch == "mvit_v2_s" else args[0].flatten(2).transpose(1, 2)
+
+        hook = where.register_forward_hook(keep)
+        try:
+            self.forward(x)
+        finally:
+            hook.remove()
+        return seen["x"]
 
 
 def _mvit_v2_s(frames: int, size: int) -> nn.Module:

@@ -95,7 +95,7 @@ class VideoViT(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1), persistent=False)
 
-    def forward(self, x):
+    def _encode(self, x):
         v = (x.transpose(1, 2) - self.mean) / self.std  # (B, 3, T, H, W)
         tokens = self.patch_embed(v)  # (B, T' * H' * W', D)
         t, hw = self.grid[0], self.grid[1] * self.grid[2]
@@ -105,7 +105,14 @@ class VideoViT(nn.Module):
         x = tokens + pos
         for block in self.blocks:
             x = block(x)
-        return self.norm(x.mean(1))  # (B, D)
+        return x  # (B, N, D)
+
+    def forward(self, x):
+        return self.norm(self._encode(x).mean(1))  # (B, D)
+
+    def tokens(self, x):
+        """``(B, N, D)``: every tubelet's output token, normalised (the attentive probe's input)."""
+        return self.norm(self._encode(x))
 
     def initialise_from(self, source: str) -> None:
         """``student.init_from``: a timm image ViT (a local file or a timm name) inflated into this model."""

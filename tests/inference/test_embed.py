@@ -39,7 +39,7 @@ def test_rows_are_the_students_features_in_index_order(colours, colour_student, 
 
 
 def test_windows_and_heads_and_search(colours, colour_student, tmp_path, capsys):
-    from tests.inference.conftest import stitched
+    from tests.conftest import stitched
 
     video = stitched(tmp_path / "red_then_blue.mp4")
     out = tmp_path / "emb"

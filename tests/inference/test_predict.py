@@ -14,9 +14,8 @@ from dtgnet.cli import main
 from dtgnet.config import to_dict
 from dtgnet.evaluation import eval_dataset, extract
 from dtgnet.students import build_student, checkpoint_config, load_student, save_student_safetensors
-from tests.conftest import tiny_cfg
+from tests.conftest import COLOURS, stitched, tiny_cfg
 from tests.data.test_awkward_files import awkward  # noqa: F401  (the fixture)
-from tests.inference.conftest import CLASSES, stitched
 
 
 def predict(capsys, *args) -> tuple[int, list[dict], str]:
@@ -34,11 +33,11 @@ def test_video_level_predictions_are_evals(colours, colour_student, capsys):
     ref_probs = ref["logits"].softmax(-1).mean(1)  # (N, K): eval's video-level score
     for r, probs, label in zip(records, ref_probs, ref["labels"]):
         ours = {t["class"]: t["prob"] for t in r["top"]}
-        assert r["top"][0]["class"] == CLASSES[int(probs.argmax())]
+        assert r["top"][0]["class"] == COLOURS[int(probs.argmax())]
         # the frames come through the streaming decoder (scaled inside it) instead of eval's seeking reader
-        assert [ours[c] for c in CLASSES] == pytest.approx(probs.tolist(), abs=0.02)
+        assert [ours[c] for c in COLOURS] == pytest.approx(probs.tolist(), abs=0.02)
         assert r["duration"] == pytest.approx(1.0) and r["frames"] == 10
-    assert np.mean([r["top"][0]["class"] == CLASSES[int(y)] for r, y in zip(records, ref["labels"])]) >= 5 / 6
+    assert np.mean([r["top"][0]["class"] == COLOURS[int(y)] for r, y in zip(records, ref["labels"])]) >= 5 / 6
 
 
 def test_a_window_timeline_switches_class_at_the_seam(colour_student, tmp_path, capsys):
