@@ -450,10 +450,19 @@ class Trainer:
             except DtgError as e:  # raised in a worker: the message it was raised with, not the worker's traceback
                 raise raised_in_worker(e) from None
             except RuntimeError:
-                if not self.preemption.requested:
+                if not self._signal_on_its_way():
                     raise
                 yield None
                 return
+
+    def _signal_on_its_way(self, wait_s: float = 3.0) -> bool:
+        """Whether a preemption signal explains a failed loader. A scheduler signals the whole process group at
+        once, and a worker may die of it (and the loader notice) a moment before this process runs its own
+        handler: wait that moment out."""
+        deadline = time.monotonic() + wait_s
+        while not self.preemption.requested and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self.preemption.requested
 
     def to_batch(self, raw: dict) -> Batch:
         nb = self.device.type == "cuda"

@@ -126,6 +126,34 @@ def test_a_preemption_signal_from_outside_checkpoints_within_a_step_and_resumes_
     assert_same(out, reference, f"{sig.name} at step {saved}")
 
 
+def test_a_loader_killed_by_the_signal_a_moment_before_it_arrives_is_a_preemption(tiny_synth, tmp_path, monkeypatch):
+    """A scheduler signals the process group: a DataLoader worker can die of it, and the loader fail, just before
+    the main process runs its own handler. That is a preemption (checkpoint, exit 75), not a crash."""
+    import threading
+
+    from dtgnet.training import Trainer
+
+    real = Trainer.loader
+
+    def failing(self, start):
+        for n, batch in enumerate(real(self, start)):
+            if n == 2:
+                threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()  # the signal, a moment late
+                raise RuntimeError("DataLoader worker (pid 1234) exited unexpectedly")
+            yield batch
+
+    monkeypatch.setattr(Trainer, "loader", failing)
+    cfg = tiny_cfg(tiny_synth, tmp_path / "late", **{"optim.max_steps": 6, "run.checkpoint_every": 100})
+    with pytest.raises(Preempted, match="SIGTERM at step 2"):
+        train(cfg, "pretrain", progress=False)
+    assert load_checkpoint(tmp_path / "late" / "checkpoints" / "last.pt")["step"] == 2
+    monkeypatch.setattr(Trainer, "loader", lambda self, start: (_ for _ in ()).throw(RuntimeError("broken loader")))
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="broken loader"):  # no signal on its way: the failure stands
+        train(tiny_cfg(tiny_synth, tmp_path / "broken"), "pretrain", progress=False)
+    assert time.monotonic() - started < 60
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_synth, tmp_path, monkeypatch):
     cfg = tiny_cfg(tiny_synth, tmp_path / "nan", **{"optim.max_steps": 6, "run.checkpoint_every": 1,
                                                     "run.log_every": 10})
