@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from ..data.bulk import Journal, Video, npy_header, plan_key
 from ..errors import DataError, DtgError
 from ..io import NpyRows, RowFile, write_json_atomic, write_text_atomic
-from .runner import Options, Student, open_student, run_videos
-from .stream import plan_inputs, run_clips
+from .runner import Options, Student, open_student, plan_pass, run_videos
+from .stream import run_clips
 
 DTYPES = ("float16", "float32")
 
@@ -51,24 +51,13 @@ def embed_videos(student: Student, paths: list[Path], out_dir, opts: Options, he
     """Write the embeddings of ``paths`` to ``out_dir`` (see the module doc); returns a summary on rank 0."""
     from tqdm import tqdm
 
-    from ..data.bulk import join_shards
-    from ..data.video import get_reader
-    from ..dist import default_workers
-    from .runner import plan_for
-
     if dtype not in DTYPES:
         raise DtgError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype}")
-    opts.check()
     heads = _heads(student, list(heads))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shard = join_shards()
-    workers = default_workers() if opts.workers == -1 else opts.workers
-    reader = get_reader(opts.backend)
-    cfg = student.cfg
-
-    plans, failed = plan_inputs(paths, reader, workers, shard, opts.progress, opts.timeout,
-                                plan_for(cfg, student.model.temporal, opts))
+    setup = plan_pass(student, paths, opts)
+    shard, plans, failed, cfg = setup.shard, setup.plans, setup.failed, student.cfg
     first_row, total = {}, 0
     for p in plans:
         first_row[p.number] = total
@@ -96,8 +85,8 @@ def embed_videos(student: Student, paths: list[Path], out_dir, opts: Options, he
             writers[name].write(0, header)
         todo = [p for p in plans if p.number % shard.world == shard.rank and p.number not in journal.done]
         bar = tqdm(total=len(todo), desc="embed", unit="video", disable=not (opts.progress and shard.main))
-        for result in run_clips(student.model, todo, reader, cfg.data.size, opts.batch, student.device, workers,
-                                embedding_outputs(heads), opts.timeout):
+        for result in run_clips(student.model, todo, setup.reader, cfg.data.size, opts.batch, student.device,
+                                setup.workers, embedding_outputs(heads), opts.timeout):
             if not result.reason:
                 for name, rows in result.outputs.items():
                     offset = len(files[name][2]) + first_row[result.plan.number] * dims[name] * item

@@ -27,7 +27,7 @@ from torch import nn
 from ..config import Config, build_section
 from ..errors import DtgError, first_line
 from ..io import IMAGENET_MEAN, IMAGENET_STD, require_extra
-from ..students import load_student, save_student_folder, student_meta
+from ..students import read_student, save_student_folder
 
 FORMATS = ("onnx", "pt2", "folder")
 
@@ -137,8 +137,7 @@ def export_student(checkpoint, fmt: str, out, opset: int = 18, tolerance: float 
         raise DtgError(f"--format must be one of {', '.join(FORMATS)}, got {fmt}")
     if not Path(checkpoint).exists():
         raise DtgError(f"{checkpoint}: no such checkpoint file or folder")
-    meta = student_meta(checkpoint)
-    model = load_student(checkpoint, "cpu")
+    model, meta = read_student(checkpoint, "cpu")
     info = describe(meta, model)
     out = Path(out)
     result = {"arch": info["arch"], "format": fmt}

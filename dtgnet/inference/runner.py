@@ -15,7 +15,7 @@ from ..data.bulk import join_shards
 from ..data.video import get_reader
 from ..dist import Dist, default_workers
 from ..errors import DtgError
-from ..students import load_student, student_meta
+from ..students import read_student
 from ..training import pick_device
 from .stream import VideoPlan, VideoResult, plan_clips, plan_inputs, run_clips
 
@@ -67,10 +67,32 @@ def open_student(path, device: str = "auto") -> Student:
     """Load a run checkpoint, ``student.safetensors`` or student folder for inference."""
     if not Path(path).exists():
         raise DtgError(f"{path}: no such checkpoint file or folder")
-    meta = student_meta(path)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = pick_device(device, local_rank)
-    return Student(load_student(path, dev), meta, build_section(Config, meta["config"]), dev, str(path))
+    dev = pick_device(device, int(os.environ.get("LOCAL_RANK", "0")))
+    model, meta = read_student(path, dev)
+    return Student(model, meta, build_section(Config, meta["config"]), dev, str(path))
+
+
+@dataclass
+class Pass:
+    """A pass over videos, set up: this process's place in the job, its decoder and workers, every video's
+    clips (``plans``) and the videos that failed already (``failed``)."""
+
+    shard: Dist
+    reader: object
+    workers: int
+    plans: list[VideoPlan]
+    failed: list[VideoResult]
+
+
+def plan_pass(student: Student, paths: list[Path], opts: Options) -> Pass:
+    """Check ``opts``, join the torchrun job (if any) and plan every video's clips for ``student``."""
+    opts.check()
+    shard = join_shards()
+    workers = default_workers() if opts.workers == -1 else opts.workers
+    reader = get_reader(opts.backend)
+    plans, failed = plan_inputs(paths, reader, workers, shard, opts.progress, opts.timeout,
+                                plan_for(student.cfg, student.model.temporal, opts))
+    return Pass(shard, reader, workers, plans, failed)
 
 
 def run_videos(student: Student, paths: list[Path], opts: Options, outputs: Callable, thumbs: bool = False,
@@ -79,18 +101,13 @@ def run_videos(student: Student, paths: list[Path], opts: Options, outputs: Call
     gets every result in input order, other ranks an empty list."""
     from tqdm import tqdm
 
-    opts.check()
-    shard = join_shards()
-    cfg = student.cfg
-    workers = default_workers() if opts.workers == -1 else opts.workers
-    reader = get_reader(opts.backend)
-    plans, failed = plan_inputs(paths, reader, workers, shard, opts.progress, opts.timeout,
-                                plan_for(cfg, student.model.temporal, opts))
-    mine = [p for p in plans if p.number % shard.world == shard.rank]
-    results = [f for f in failed if f.plan.number % shard.world == shard.rank]
+    p = plan_pass(student, paths, opts)
+    shard, cfg = p.shard, student.cfg
+    mine = [v for v in p.plans if v.number % shard.world == shard.rank]
+    results = [f for f in p.failed if f.plan.number % shard.world == shard.rank]
     bar = tqdm(total=len(mine), desc=desc, unit="video", disable=not (opts.progress and shard.main))
-    for result in run_clips(student.model, mine, reader, cfg.data.size, opts.batch, student.device, workers, outputs,
-                            opts.timeout, thumbs):
+    for result in run_clips(student.model, mine, p.reader, cfg.data.size, opts.batch, student.device, p.workers,
+                            outputs, opts.timeout, thumbs):
         results.append(result)
         bar.update(1)
     bar.close()

@@ -4,7 +4,7 @@ with optional inflation from a timm image ViT), ``base`` (the student: backbone 
 ``files`` (safetensors export and loading)."""
 from . import tsn, video3d, vit  # noqa: F401  (registers every architecture)
 from .base import DTGStudent, build_student, initialise_backbone, projection_head
-from .files import checkpoint_config, load_student, save_student_folder, save_student_safetensors, student_meta
+from .files import checkpoint_config, load_student, read_student, save_student_folder, save_student_safetensors
 
 __all__ = ["DTGStudent", "build_student", "initialise_backbone", "projection_head", "checkpoint_config",
-           "load_student", "save_student_folder", "save_student_safetensors", "student_meta"]
+           "load_student", "read_student", "save_student_folder", "save_student_safetensors"]

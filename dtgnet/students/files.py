@@ -55,12 +55,6 @@ def checkpoint_config(path):
     return build_section(Config, _read_student_file(path)[0]["config"])
 
 
-def student_meta(path) -> dict:
-    """What a student file says of itself: ``config``, ``mode``, ``teacher_heads`` (name -> width),
-    ``num_classes``, ``classes`` (when it was written with them) ..."""
-    return _read_student_file(path)[0]
-
-
 def save_student_folder(model: DTGStudent, meta: dict, out, description: dict) -> Path:
     """A self-describing student folder: ``model.safetensors`` (weights and metadata), ``config.json``
     (``description``: what a user of another runtime needs) and a README."""
@@ -74,6 +68,12 @@ def save_student_folder(model: DTGStudent, meta: dict, out, description: dict) -
 def load_student(path, device: str = "cpu") -> DTGStudent:
     """A trained student from a run checkpoint (``.pt``), an exported ``student.safetensors`` or a student
     folder written by ``dtgnet export --format folder``."""
+    return read_student(path, device)[0]
+
+
+def read_student(path, device: str = "cpu") -> tuple[DTGStudent, dict]:
+    """:func:`load_student` and what the file says of itself (``config``, ``mode``, ``teacher_heads``,
+    ``num_classes``, ``classes`` when it was written with them ...), from one read of the file."""
     meta, state = _read_student_file(path)
     cfg = build_section(Config, meta["config"])
     model = build_student(cfg, meta.get("teacher_heads", {}), meta.get("num_classes", 0),
@@ -82,4 +82,4 @@ def load_student(path, device: str = "cpu") -> DTGStudent:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise CheckpointError(f"{path}: weights do not match the model ({first_line(e)})") from None
-    return model.to(device).eval()
+    return model.to(device).eval(), meta
