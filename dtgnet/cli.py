@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     synth = dsub.add_parser("synth", help="write the SynthActions benchmark",
                             description="Write SynthActions (mp4 videos, lists, stills) under OUT.")
     synth.add_argument("out", help="output directory")
-    synth.add_argument("--preset", choices=("quick", "default", "study"), default="default", help="size preset")
+    synth.add_argument("--preset", choices=("quick", "default", "study", "ucf_like", "ucf_like_quick", "ucf_like_study"),
+                       default="default", help="size and design: quick / default / study are SSv2-like (every class "
+                       "has a time-reversed twin), ucf_like* UCF101-like (appearance tells most classes apart)")
     synth.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
     scan = dsub.add_parser("scan", help="check every video of a list, write a manifest",
                            description="Decode every entry of LIST and write {ok: [...], bad: [...]} to --out.")
@@ -206,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--resume", action="store_true",
                        help="continue a study in --out: finished runs are skipped, the one under way continues "
                             "from its checkpoint")
+    study.add_argument("--preset", choices=("twins", "ucf_like"), default="twins",
+                       help="SynthActions' design: twins (SSv2-like, every entry) or ucf_like (UCF101-like, the "
+                            "entries its comparison needs)")
+    study.add_argument("--entries", default="",
+                       help="comma-separated entries to run instead of the preset's (e.g. "
+                            "scratch_full,single_frame_full to calibrate); --resume with more adds them")
     study.add_argument("--interim", action="store_true",
                        help="train nothing: report on the seeds of the study in --out that have finished every "
                             "entry (while it runs on, or after it stopped)")
@@ -530,9 +538,11 @@ def _cmd_study(args) -> int:
 
     from .experiments.study import PLANS, run_study
 
-    plan = PLANS["quick" if args.quick else "full"]
+    plan = PLANS[{"twins": "", "ucf_like": "ucf_like_"}[args.preset] + ("quick" if args.quick else "full")]
     if args.overrides:
         plan = dataclasses.replace(plan, overrides=tuple(args.overrides))
+    if args.entries:
+        plan = dataclasses.replace(plan, entries=tuple(e.strip() for e in args.entries.split(",") if e.strip()))
     if args.interim and (args.force or args.resume):
         raise DtgError("--interim reports on a study as it stands: it takes neither --force nor --resume")
     try:
@@ -540,7 +550,8 @@ def _cmd_study(args) -> int:
                       command="dtgnet " + shlex.join(args.argv))
     except Preempted as e:
         again = ["dtgnet", "study", "--out", str(args.out), "--resume", *(["--quick"] if args.quick else []),
-                 *args.overrides]
+                 *(["--preset", args.preset] if args.preset != "twins" else []),
+                 *(["--entries", args.entries] if args.entries else []), *args.overrides]
         raise Preempted(e.stopped, f"continue the study with `{shlex.join(again)}`") from None
     meta = r["meta"]
     done = (f"interim report on seeds {', '.join(map(str, meta['interim_seeds']))}" if meta["interim_seeds"] else

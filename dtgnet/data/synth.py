@@ -13,13 +13,22 @@ disjoint parts of the source images (like UCF101's groups).
 Written as H.264 mp4 files plus ``classes.txt``, ``train.txt``, ``val.txt``, ``test.txt`` (lines
 ``relative/path.mp4 label``) and ``stills/<class>/*.png`` (single motion-blurred frames of separate
 renders, the still-image set for the image-based action teacher). The output depends only on the seed.
+
+Two designs (``SynthPreset.design``):
+
+* ``twins`` (the presets ``quick``, ``default``, ``study``): every class has a time-reversed twin, as above.
+  An SSv2-like benchmark: a single frame knows the pair at most.
+* ``ucf_like`` (``ucf_like``, ``ucf_like_study``, ...): shaped like UCF101 / HMDB51, where appearance carries
+  much of the class. A third of the classes are twins as above; the others differ in what acts (the actor
+  kind), where (the scene), or both, and share their motions with other classes, so motion alone does not
+  name them either.
 """
 from __future__ import annotations
 
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +37,39 @@ import torch.nn.functional as F
 
 PAIRS = [("rotate_cw", "rotate_ccw"), ("approach", "recede"), ("slide_right", "slide_left"),
          ("rise", "fall"), ("orbit_cw", "orbit_ccw")]
-ACTOR_KINDS = ["face", "digit", "animal", "person", "object"]  # pair p favours ACTOR_KINDS[p]
+"""The motions, in time-reversed pairs."""
+ACTOR_KINDS = ["face", "digit", "animal", "person", "object"]  # twins: pair p favours ACTOR_KINDS[p]
+SCENES = ["brick", "grass", "gravel", "moon", "stars", "tissue", "retina", "coins", "page"]
+"""The background photos (:class:`Sources`), in order; twins: pair p favours SCENES[p]."""
+
+
+@dataclass(frozen=True)
+class SynthClass:
+    """One class: its motion (a name in :data:`PAIRS`) and the actor kind and scene it favours."""
+
+    name: str
+    motion: str
+    actor: str
+    scene: str
+
+
+UCF_LIKE = [
+    # one twin pair first, so that the smallest preset (2 "pairs": 4 classes) mixes both kinds of class
+    SynthClass("face_rotate_cw", "rotate_cw", "face", "brick"),
+    SynthClass("face_rotate_ccw", "rotate_ccw", "face", "brick"),
+    SynthClass("digit_rise_gravel", "rise", "digit", "gravel"),
+    SynthClass("person_approach_moon", "approach", "person", "moon"),
+    SynthClass("object_slide_right", "slide_right", "object", "grass"),
+    SynthClass("object_slide_left", "slide_left", "object", "grass"),
+    SynthClass("person_rise_gravel", "rise", "person", "gravel"),  # digit_rise_gravel's actor differs
+    SynthClass("animal_approach_moon", "approach", "animal", "moon"),  # person_approach_moon's actor differs
+    SynthClass("animal_orbit_retina", "orbit_cw", "animal", "retina"),
+    SynthClass("animal_orbit_coins", "orbit_cw", "animal", "coins"),  # animal_orbit_retina's scene differs
+    SynthClass("digit_slide_page", "slide_right", "digit", "page"),  # object_slide_right's actor and scene differ
+    SynthClass("face_rise_stars", "rise", "face", "stars"),  # the other risers differ in actor and scene
+]
+"""The ``ucf_like`` design: 4 twins (2 pairs) and 8 classes told apart by appearance, in preset order."""
+DESIGNS = ("twins", "ucf_like")
 SPLITS = ("train", "val", "test")
 SPLIT_BANDS = {"train": (0.0, 0.6), "val": (0.6, 0.75), "test": (0.75, 1.0)}  # disjoint source regions
 
@@ -42,8 +83,18 @@ class SynthPreset:
     stills_per_class: int
     frames: int
     size: int
-    p_favoured: float = 0.75  # chance that the actor kind (and, separately, the scene) is the pair's own
+    p_favoured: float = 0.75  # chance that the actor kind (and, separately, the scene) is the class's own
     subframes: int = 4  # temporal supersampling: motion blur inside each frame
+    design: str = "twins"
+    """``twins`` or ``ucf_like`` (module docstring); ``pairs`` is half the number of classes in both."""
+
+    def classes(self) -> list[SynthClass]:
+        if self.design == "twins":
+            return [SynthClass(m, m, ACTOR_KINDS[p], SCENES[p]) for p, pair in enumerate(PAIRS[:self.pairs])
+                    for m in pair]
+        if self.design == "ucf_like":
+            return UCF_LIKE[:2 * self.pairs]
+        raise ValueError(f"unknown SynthActions design {self.design!r} (known: {', '.join(DESIGNS)})")
 
 
 PRESETS = {
@@ -59,9 +110,28 @@ PRESETS = {
     "smoke": SynthPreset(pairs=2, train_per_class=8, val_per_class=2, test_per_class=2, stills_per_class=8,
                          frames=12, size=48),
 }
+# the ucf_like design at each size (``ucf_like``: default's); its 12 classes are told apart by appearance more
+# often than by motion, so the actor kind and scene follow the class more often than in the twins design
+_UCF_LIKE_PAIRS = {"quick": 3, "default": 6, "study": 6, "smoke": 2}
+PRESETS.update({("ucf_like" if size == "default" else f"ucf_like_{size}"):
+                replace(PRESETS[size], design="ucf_like", pairs=pairs, p_favoured=0.85)
+                for size, pairs in _UCF_LIKE_PAIRS.items()})
+
+
+def design_preset(name: str, design: str = "twins") -> str:
+    """The name of preset ``name``'s size in ``design`` (``study``, ``ucf_like`` -> ``ucf_like_study``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r} (known: {', '.join(PRESETS)})")
+    if design not in DESIGNS:
+        raise ValueError(f"unknown SynthActions design {design!r} (known: {', '.join(DESIGNS)})")
+    if PRESETS[name].design == design:
+        return name
+    size = {"ucf_like": "default"}.get(name, name.removeprefix("ucf_like_"))
+    return {"default": "ucf_like"}.get(size, f"ucf_like_{size}") if design == "ucf_like" else size
 
 
 def class_names(pairs: int) -> list[str]:
+    """The twins design's class names for ``pairs`` pairs."""
     return [name for pair in PAIRS[:pairs] for name in pair]
 
 
@@ -141,11 +211,11 @@ def _actor_sprite(src: Sources, split: str, kind: str, rng) -> np.ndarray:
     return F.interpolate(t[None], size=(32, 32), mode="bilinear", antialias=True, align_corners=False)[0]
 
 
-def _background(src: Sources, split: str, size: int, frames: int, rng, favoured: int | None) -> torch.Tensor:
-    """``(frames, 3, size, size)`` crops of one real background (source ``favoured`` when given, else a random
-    one) with a random-walk camera jitter."""
+def _background(src: Sources, split: str, size: int, frames: int, rng, favoured: str | None) -> torch.Tensor:
+    """``(frames, 3, size, size)`` crops of one real background (the scene ``favoured`` when given, else a
+    random one) with a random-walk camera jitter."""
     pool = src.backgrounds[split]
-    img = pool[favoured if favoured is not None else rng.integers(len(pool))]
+    img = pool[SCENES.index(favoured) if favoured is not None else rng.integers(len(pool))]
     h, w = img.shape[:2]
     crop = int(min(h, w, rng.uniform(1.2, 2.0) * size))
     pad = 8
@@ -161,10 +231,11 @@ def _background(src: Sources, split: str, size: int, frames: int, rng, favoured:
     return F.interpolate(bg, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
-def _trajectory(name: str, t: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _trajectory(motion: str, t: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Centre x, y (canvas units, [-1, 1]), scale (sprite side / canvas side) and angle (rad) at times ``t``
-    in [0, 1]. The two classes of a pair are the same path run forwards and backwards in time."""
-    base, direction = name.rsplit("_", 1) if "_" in name else (name, "")
+    in [0, 1]. The two motions of a pair are the same path run forwards and backwards in time."""
+    name = motion
+    base = name.rsplit("_", 1)[0]
     forward = name in {p[0] for p in PAIRS}
     tt = t if forward else 1.0 - t
     n = len(t)
@@ -189,7 +260,7 @@ def _trajectory(name: str, t: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray, 
         theta = phase + tt * rng.uniform(3.0, 4.5)
         cx, cy = radius * np.cos(theta), radius * np.sin(theta)
     else:
-        raise ValueError(f"unknown class {name!r}")
+        raise ValueError(f"unknown motion {name!r}")
     return cx, cy, scale, angle
 
 
@@ -207,14 +278,14 @@ def _paste(canvas: torch.Tensor, sprite: torch.Tensor, cx, cy, scale, angle) -> 
     return canvas * (1 - alpha) + warped[:, :3] * alpha
 
 
-def render(name: str, split: str, src: Sources, preset: SynthPreset, rng, pair_index: int,
-           frames: int | None = None) -> np.ndarray:
-    """One video of class ``name``: uint8 ``(frames, S, S, 3)``."""
+def render(cls: SynthClass, split: str, src: Sources, preset: SynthPreset, rng, frames: int | None = None
+           ) -> np.ndarray:
+    """One video of class ``cls``: uint8 ``(frames, S, S, 3)``."""
     frames = frames or preset.frames
     sub = preset.subframes
-    kind = ACTOR_KINDS[pair_index] if rng.random() < preset.p_favoured else ACTOR_KINDS[rng.integers(len(ACTOR_KINDS))]
+    kind = cls.actor if rng.random() < preset.p_favoured else ACTOR_KINDS[rng.integers(len(ACTOR_KINDS))]
     actor = _actor_sprite(src, split, kind, rng)
-    scene = pair_index if rng.random() < preset.p_favoured else None  # like UCF101's scene bias
+    scene = cls.scene if rng.random() < preset.p_favoured else None  # like UCF101's scene bias
     bg = _background(src, split, preset.size, frames, rng, scene)
     t = np.linspace(0, 1, frames * sub)
     canvas = bg.repeat_interleave(sub, 0)  # (frames*sub, 3, S, S)
@@ -224,7 +295,7 @@ def render(name: str, split: str, src: Sources, preset: SynthPreset, rng, pair_i
         canvas = _paste(canvas, other * torch.tensor([1, 1, 1, 0.7]).view(4, 1, 1),
                         start[0] + vel[0] * t, start[1] + vel[1] * t, np.full_like(t, rng.uniform(0.12, 0.2)),
                         rng.uniform(0, 6.3) + 0 * t)
-    canvas = _paste(canvas, actor, *_trajectory(name, t, rng))
+    canvas = _paste(canvas, actor, *_trajectory(cls.motion, t, rng))
     video = canvas.unflatten(0, (frames, sub)).mean(1)  # motion blur from sub-frames
     video = video + torch.from_numpy(rng.normal(0, 0.02, video.shape)).float()
     return (video.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
@@ -321,7 +392,8 @@ def _generate(out: Path, p: SynthPreset, preset: str, seed: int, progress: bool,
     from tqdm import tqdm
 
     src = Sources()
-    names = class_names(p.pairs)
+    specs = p.classes()
+    names = [c.name for c in specs]
     (out / "classes.txt").write_text("".join(n + "\n" for n in names))
     counts = {"train": p.train_per_class, "val": p.val_per_class, "test": p.test_per_class}
     jobs = [(split, c, i) for split in SPLITS for c in range(len(names)) for i in range(counts[split])]
@@ -332,19 +404,19 @@ def _generate(out: Path, p: SynthPreset, preset: str, seed: int, progress: bool,
         rng = np.random.default_rng([seed, SPLITS.index(split) if split in SPLITS else 3, c, i])
         if split == "stills":
             # a separate render (train sources), one blurred frame at a random moment
-            video = render(name, "train", src, p, rng, c // 2, frames=p.frames)
+            video = render(specs[c], "train", src, p, rng, frames=p.frames)
             img = video[rng.integers(p.frames)]
             path = out / "stills" / name / f"{name}_{i:04d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(path)
             continue
-        video = render(name, split, src, p, rng, c // 2)
+        video = render(specs[c], split, src, p, rng)
         rel = f"videos/{split}/{name}/{name}_{i:04d}.mp4"
         write_mp4(out / rel, video)
         lines[split].append(f"{rel} {c}\n")
     for split in SPLITS:
         (out / f"{split}.txt").write_text("".join(lines[split]))
-    summary = {"preset": preset, "seed": seed, "classes": len(names), "frames": p.frames, "size": p.size,
+    summary = {"preset": preset, "design": p.design, "seed": seed, "classes": len(names), "frames": p.frames, "size": p.size,
                "videos": {s: len(lines[s]) for s in SPLITS}, "stills": len(names) * p.stills_per_class,
                "seconds": round(time.time() - t0, 2), "settings": asdict(p)}
     (out / "synth.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "seconds"}, indent=2))

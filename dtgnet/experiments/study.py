@@ -45,7 +45,7 @@ import torch
 from ..config import Config, load_config, validate
 from ..data.lists import load_split
 from ..data.prepare import prepare, prepared_size
-from ..data.synth import generate
+from ..data.synth import design_preset, generate
 from ..data.video import get_reader
 from ..errors import CheckpointError, DtgError
 from ..evaluation import eval_dataset, evaluate_model, extract, extract_teacher, frozen_feature_scores
@@ -57,6 +57,7 @@ from ..training import pick_device, train
 from ..training.runlog import RunDirError
 from .recipes import Sizes, base_config, finetune_config, fresh_out_dir, pretrain_config, synth_teachers
 from .stats import (
+    appearance_ratio,
     best_on_val,
     check_targets,
     entry_stats,
@@ -99,6 +100,12 @@ class StudyPlan:
     against the better of the two SSL schedules on val."""
     overrides: tuple[str, ...] = ()
     """Dotted ``key=value`` config overrides applied to every run: a study of a method change."""
+    design: str = "twins"
+    """SynthActions' design (``twins``: classes told apart by motion alone, SSv2-like; ``ucf_like``: by
+    appearance more often than by motion, UCF101-like), at the size of ``sizes.preset``."""
+    entries: tuple[str, ...] = ()
+    """The entries to run (names of :func:`entry_names`); empty: every one. ``dtg_best_fixed`` comes with the
+    weight-grid points, and ``ssl_full`` / ``dtg_full`` bring ``ssl`` / ``dtg_adaptive``."""
 
     def describe(self) -> dict:
         return {"sizes": self.sizes.__dict__, "seeds": list(self.seeds), "side_seeds": self.side_seeds,
@@ -106,7 +113,8 @@ class StudyPlan:
                 "grid": [list(w) for w in self.grid],
                 "finetune_lr": self.finetune_lr, "finetune_head_lr_scale": self.finetune_head_lr_scale,
                 "joint_unlabelled": self.joint_unlabelled, "joint_epochs": self.joint_epochs,
-                "long_pretrain_epochs": self.long_pretrain_epochs, "overrides": list(self.overrides)}
+                "long_pretrain_epochs": self.long_pretrain_epochs, "overrides": list(self.overrides),
+                "design": self.design, "entries": list(self.entries)}
 
     def long_names(self) -> list[str]:
         """``[ssl_eN, dtg_eN]``, or none without a long schedule."""
@@ -114,9 +122,9 @@ class StudyPlan:
         return [f"ssl_e{n}", f"dtg_e{n}"] if n else []
 
 
-ADDITIVE_PLAN_KEYS = ("long_pretrain_epochs",)
-"""Plan fields that only add entries (named after their value): a study resumes under a plan that differs
-from its own in these alone, and trains what they add."""
+ADDITIVE_PLAN_KEYS = ("long_pretrain_epochs", "entries")
+"""Plan fields that only choose entries: a study resumes under a plan that differs from its own in these
+alone, and trains what they add (a calibration run of two entries grows into the whole study)."""
 
 
 PLANS = {
@@ -133,19 +141,50 @@ PLANS = {
                             single_frame_epochs=30, teacher_input=96), joint_unlabelled=True, joint_epochs=12,
                       long_pretrain_epochs=64),
 }
+# the UCF101-like benchmark: what its comparison needs (issue: a budget like the first study's), the set-up
+# shared by all; ssl (16 epochs) stays as the same-steps baseline of dtg_1of4
+PLANS["ucf_like_full"] = dataclasses.replace(
+    PLANS["full"], design="ucf_like", video_fractions=(0.25,),
+    entries=("scratch", "ssl", "ssl_e64", "dtg_e64", "supervised", "joint_dtg", "scratch_full", "ssl_1of4",
+             "dtg_1of4", "single_frame", "single_frame_full", "vit_ssl", "vit_dtg", "teacher_knn_imagenet",
+             "teacher_knn_action"))
+PLANS["ucf_like_quick"] = dataclasses.replace(  # quick's schedule and its one fraction of the videos, 1/2
+    PLANS["quick"], design="ucf_like",
+    entries=tuple(e.replace("_e64", "_e2").replace("_1of4", "_1of2") for e in PLANS["ucf_like_full"].entries))
+FULL_FINETUNES = {"ssl_full": "ssl", "dtg_full": "dtg_adaptive"}
+"""Entries that fine-tune another entry's pre-trained student on 100 % of the labels (one pre-training, two
+fine-tunes)."""
 SIDE_ENTRIES = ("dtg_learned", "single_frame", "vit_ssl", "vit_dtg")
 """Run with ``side_seeds`` seeds, like the weight-grid points."""
 
 
-def entry_names(plan: StudyPlan) -> list[str]:
-    """Every name study.json holds, in table order."""
+def all_entry_names(plan: StudyPlan) -> list[str]:
+    """Every entry a plan of this shape can have, in table order."""
     fixed = [grid_name(w) for w in plan.grid]
     fewer = [fraction_name(k, f) for f in plan.video_fractions for k in ("ssl", "dtg")]
     full = ["scratch_full", "ssl_full", "dtg_full"] if plan.full_label_epochs else []
+    single = ["single_frame", "single_frame_full"] if plan.full_label_epochs else ["single_frame"]
     long = plan.long_names()
     return (["scratch", "ssl", *long[:1], *fixed[:3], "dtg_best_fixed", *fixed[3:], "dtg_learned", "dtg_adaptive",
-             *long[1:], "supervised", "joint_dtg", *full, *fewer, "single_frame", "vit_ssl", "vit_dtg"]
+             *long[1:], "supervised", "joint_dtg", *full, *fewer, *single, "vit_ssl", "vit_dtg"]
             + [f"teacher_knn_{t}" for t in TEACHERS])
+
+
+def entry_names(plan: StudyPlan) -> list[str]:
+    """Every name study.json holds, in table order: the plan's entries and those derived from them."""
+    names = all_entry_names(plan)
+    if not plan.entries:
+        return names
+    unknown = sorted(set(plan.entries) - set(names))
+    if unknown:
+        raise DtgError(f"unknown study entries: {', '.join(unknown)} (known: {', '.join(names)})")
+    chosen = set(plan.entries)
+    if chosen & {grid_name(w) for w in plan.grid}:
+        chosen.add("dtg_best_fixed")
+    for derived, source in FULL_FINETUNES.items():
+        if derived in chosen:
+            chosen.add(source)
+    return [n for n in names if n in chosen]
 
 
 def same_steps(epochs: int, batch: int, every: int, kept: int, max_steps: int) -> tuple[int, int]:
@@ -196,7 +235,8 @@ class Study:
     # ---------------------------------------------------------------- shared set-up
     def setup(self) -> None:
         s = self.sizes
-        self.synth = self.record("synth", lambda: generate(self.data_dir, s.preset, 0, self.progress))
+        preset = design_preset(s.preset, self.plan.design)
+        self.synth = self.record("synth", lambda: generate(self.data_dir, preset, 0, self.progress))
         self.action = self.record("action_teacher", lambda: train_action_teacher(
             self.data_dir / "stills", self.out / "teachers" / "action.safetensors", input_size=s.teacher_input,
             seed=0, progress=self.progress))
@@ -365,6 +405,8 @@ class Study:
         ``side_seeds`` seeds, the headline entries only."""
         s, action, plan = self.sizes, self.action["path"], self.plan
         full = plan.full_label_epochs > 0
+        names = entry_names(plan)
+        ssl_full, dtg_full = ("ssl_full" in names), ("dtg_full" in names)
         fewer = {}
         for f in plan.video_fractions:
             fewer[fraction_name("ssl", f)] = lambda f=f: self.pretrain_entry(fraction_name("ssl", f), seed, [],
@@ -373,16 +415,17 @@ class Study:
                 fraction_name("dtg", f), seed, synth_teachers(s, action), "adaptive", video_fraction=f)
         jobs = {
             "scratch": lambda: self.scratch_entry("scratch", seed),
-            "ssl": lambda: self.pretrain_entry("ssl", seed, [], all_labels=full),
+            "ssl": lambda: self.pretrain_entry("ssl", seed, [], all_labels=ssl_full),
             **{grid_name(w): (lambda w=w: self.pretrain_entry(grid_name(w), seed, synth_teachers(s, action, w)))
                for w in plan.grid},
             "dtg_learned": lambda: self.pretrain_entry("dtg_learned", seed, synth_teachers(s, action), "learned"),
             "dtg_adaptive": lambda: self.pretrain_entry("dtg_adaptive", seed, synth_teachers(s, action), "adaptive",
-                                                        all_labels=full),
+                                                        all_labels=dtg_full),
             "supervised": lambda: self.joint_entry("supervised", seed, dtg=False),
             "joint_dtg": lambda: self.joint_entry("joint_dtg", seed, dtg=True),
             **fewer,
             "single_frame": lambda: self.scratch_entry("single_frame", seed, frames=1),
+            "single_frame_full": lambda: self.scratch_entry("single_frame_full", seed, frames=1, all_labels=True),
             "vit_ssl": lambda: self.pretrain_entry("vit_ssl", seed, [], student=VIT_STUDENT),
             "vit_dtg": lambda: self.pretrain_entry("vit_dtg", seed, synth_teachers(s, action), "adaptive",
                                                    student=VIT_STUDENT),
@@ -394,6 +437,9 @@ class Study:
             jobs[ssl_long] = lambda: self.pretrain_entry(ssl_long, seed, [], epochs=plan.long_pretrain_epochs)
             jobs[dtg_long] = lambda: self.pretrain_entry(dtg_long, seed, synth_teachers(s, action), "adaptive",
                                                          epochs=plan.long_pretrain_epochs)
+        if not full:
+            del jobs["single_frame_full"]
+        jobs = {name: job for name, job in jobs.items() if name in names}
         side = {grid_name(w) for w in plan.grid} | set(SIDE_ENTRIES)
         if seed not in plan.seeds[:plan.side_seeds]:
             jobs = {name: job for name, job in jobs.items() if name not in side}
@@ -410,19 +456,23 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
     from .reports import write_study_report
 
     plan = plan or PLANS["quick" if quick else "full"]
-    load_config(None, plan.overrides, check_paths=False)  # a bad override fails before any work
+    load_config(None, plan.overrides, check_paths=False)  # a bad override or entry fails before any work
+    entry_names(plan)
     out = Path(out)
     if resume or interim:
         stored = out / "records" / "plan.json"
         if not stored.is_file():
             raise DtgError(f"{out}: no study to {'report on' if interim else 'resume'} (no records/plan.json)")
-        old, new = json.loads(stored.read_text()), json.loads(json.dumps(plan.describe()))
+        # a plan written before a field existed had that field's default
+        old = {"design": StudyPlan.design, "entries": [], **json.loads(stored.read_text())}
+        new = json.loads(json.dumps(plan.describe()))
         if {k: v for k, v in old.items() if k not in ADDITIVE_PLAN_KEYS} != {
                 k: v for k, v in new.items() if k not in ADDITIVE_PLAN_KEYS}:
             raise DtgError(f"{stored}: the study there used another plan (sizes, seeds, grid or overrides); "
                            f"resume it with the same options or start a new one")
         if interim:  # the report covers what the study there plans
-            plan = dataclasses.replace(plan, **{k: old.get(k, getattr(StudyPlan, k)) for k in ADDITIVE_PLAN_KEYS})
+            plan = dataclasses.replace(plan, long_pretrain_epochs=old.get("long_pretrain_epochs", 0),
+                                       entries=tuple(old["entries"]))
         elif old != new:  # entries added: trained from now on, and the report covers them
             write_json_atomic(stored, plan.describe())
     else:
@@ -442,27 +492,34 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
         if not seeds:
             raise DtgError(f"{out}: no seed has finished every entry yet (the first is {plan.seeds[0]}); "
                            f"nothing to report yet")
+    names = entry_names(plan)
     per_seed: dict[str, dict[str, dict]] = {}
     for seed in seeds:
         for name, rec in study.run_seed(seed).items():
             per_seed.setdefault(name, {})[str(seed)] = rec
     for t in TEACHERS:
-        rec = study.record(f"teacher_knn_{t}", lambda t=t: study.teacher_entry(t))
-        per_seed[f"teacher_knn_{t}"] = {"0": rec}
-    for pretrained, full in (("ssl", "ssl_full"), ("dtg_adaptive", "dtg_full")):  # one pre-training, two fine-tunes
-        if plan.full_label_epochs:
+        if f"teacher_knn_{t}" in names:
+            rec = study.record(f"teacher_knn_{t}", lambda t=t: study.teacher_entry(t))
+            per_seed[f"teacher_knn_{t}"] = {"0": rec}
+    for full, pretrained in FULL_FINETUNES.items():
+        if full in names:
             per_seed[full] = {seed: {**r, "top1": r["full_top1"], "val_top1": r["full_val_top1"]}
                               for seed, r in per_seed[pretrained].items()}
 
+    def best(candidates: list[str]) -> tuple[str | None, dict]:
+        present = [n for n in candidates if n in per_seed]
+        return best_on_val(per_seed, present) if present else (None, {})
+
     grid = [grid_name(w) for w in plan.grid]
-    best_fixed, grid_val = best_on_val(per_seed, grid)
-    per_seed["dtg_best_fixed"] = per_seed[best_fixed]
-    dtg, dtg_val = best_on_val(per_seed, grid + ["dtg_learned", "dtg_adaptive", *plan.long_names()[1:]])
-    ssl, _ = best_on_val(per_seed, ["ssl", *plan.long_names()[:1]])
+    best_fixed, grid_val = best(grid)
+    if best_fixed:
+        per_seed["dtg_best_fixed"] = per_seed[best_fixed]
+    dtg, dtg_val = best(grid + ["dtg_learned", "dtg_adaptive", *plan.long_names()[1:]])
+    ssl, _ = best(["ssl", *plan.long_names()[:1]])
     # joint training is held against supervised training with the same labels at its best: the fine-tune
     # recipe (scratch) or the joint recipe without L_DTG, whichever is better on val
-    supervised, _ = best_on_val(per_seed, ["scratch", "supervised"])
-    results = {name: entry_stats(per_seed[name]) for name in entry_names(plan)}
+    supervised, _ = best(["scratch", "supervised"])
+    results = {name: entry_stats(per_seed[name]) for name in names}
     meta = {
         "command": command, "seconds": round(sum(study.timings.values()), 1),
         "seconds_this_invocation": round(time.time() - t0, 1), "resumed": resume,
@@ -471,10 +528,11 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
         "machine": {"device": str(study.device), "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
                     "platform": platform.platform(), "torch": torch.__version__},
         "plan": plan.describe(),
-        "data": {k: study.synth[k] for k in ("preset", "classes", "videos", "stills")},
+        "data": {"design": plan.design, **{k: study.synth[k] for k in ("preset", "classes", "videos", "stills")}},
         "action_teacher": {k: study.action[k] for k in ("train_acc", "val_acc")},
         "best_fixed": best_fixed, "grid_val_top1": grid_val, "dtg": dtg, "dtg_val_top1": dtg_val,
         "supervised_baseline": supervised, "ssl_baseline": ssl, "targets": check_targets(results, dtg, supervised, ssl),
+        "appearance_ratio": appearance_ratio(results),
         "per_seed": per_seed,
     }
     write_json_atomic(out / "study.json", results)

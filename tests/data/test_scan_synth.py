@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from dtgnet.cli import main
 from dtgnet.data.synth import PRESETS, SynthPreset, class_names
@@ -47,10 +48,12 @@ def test_synth_layout(tiny_synth):
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
 
 
-def test_synth_is_deterministic_across_processes(tmp_path):
+@pytest.mark.parametrize("design", ["twins", "ucf_like"])
+def test_synth_is_deterministic_across_processes(tmp_path, design):
     """Two processes with the same seed write the same bytes, hence the same decoded frames; a third seed
     differs. Each generation runs in its own interpreter, as a user regenerating the benchmark would."""
-    small = {**TINY.__dict__, "train_per_class": 2, "val_per_class": 1, "test_per_class": 1, "stills_per_class": 1}
+    small = {**TINY.__dict__, "train_per_class": 2, "val_per_class": 1, "test_per_class": 1, "stills_per_class": 1,
+             "design": design}
     code = ("import sys; from dtgnet.data.synth import SynthPreset, generate; "
             f"generate(sys.argv[1], SynthPreset(**{small!r}), seed=int(sys.argv[2]), progress=False)")
     dirs = {name: tmp_path / name for name in ("a", "b", "c")}
@@ -59,6 +62,8 @@ def test_synth_is_deterministic_across_processes(tmp_path):
     a, b, c = dirs.values()
     for name in ("classes.txt", "train.txt", "val.txt", "test.txt"):
         assert (a / name).read_bytes() == (b / name).read_bytes()
+    stills = sorted(p.relative_to(a) for p in a.rglob("*.png"))
+    assert stills and all((a / rel).read_bytes() == (b / rel).read_bytes() for rel in stills)
     videos = sorted(p.relative_to(a) for p in a.rglob("*.mp4"))
     assert len(videos) == 4 * (2 + 1 + 1)
     r = PyAVReader()
@@ -68,6 +73,54 @@ def test_synth_is_deterministic_across_processes(tmp_path):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
     fc = r.read(c / videos[0], list(range(TINY.frames)))
     assert np.abs(r.read(a / videos[0], list(range(TINY.frames))).astype(int) - fc.astype(int)).mean() > 5
+
+
+def test_ucf_like_design():
+    """A third of the classes are time-reversed twins that share actor and scene; every other class shares its
+    motion with another class and differs from it in actor or scene, so neither motion nor one frame alone
+    is the whole story."""
+    from dtgnet.data.synth import PAIRS, SCENES, UCF_LIKE, design_preset
+
+    p = PRESETS["ucf_like_study"]
+    assert p.design == "ucf_like" and len(p.classes()) == 12 and p.classes() == UCF_LIKE
+    reverse = {a: b for pair in PAIRS for a, b in (pair, pair[::-1])}
+    twins = [(c, d) for c in UCF_LIKE for d in UCF_LIKE if reverse[c.motion] == d.motion
+             and (c.actor, c.scene) == (d.actor, d.scene)]
+    assert len(twins) == 4  # two pairs, each counted from both sides
+    for c in UCF_LIKE:
+        assert c.scene in SCENES
+        if any(c is t for t, _ in twins):
+            continue
+        same_motion = [d for d in UCF_LIKE if d is not c and d.motion == c.motion]
+        assert same_motion and all((d.actor, d.scene) != (c.actor, c.scene) for d in same_motion), c.name
+    assert len({c.name for c in UCF_LIKE}) == 12
+    assert [c.name for c in PRESETS["ucf_like_smoke"].classes()] == [c.name for c in UCF_LIKE[:4]]
+    assert design_preset("study", "ucf_like") == "ucf_like_study" and design_preset("default", "ucf_like") == "ucf_like"
+    assert design_preset("ucf_like_smoke", "twins") == "smoke" and design_preset("quick") == "quick"
+    with pytest.raises(ValueError, match="'mnist'"):
+        design_preset("study", "mnist")
+    # the twins presets keep their classes (and so their bytes: the render's draws did not change)
+    assert [c.name for c in PRESETS["study"].classes()] == class_names(5)
+
+
+def test_splits_draw_on_disjoint_source_images():
+    """Train, val and test cut actors and backgrounds from disjoint parts of the source images (as UCF101's
+    groups keep one person's clips in one split): no source pixel block appears in two splits."""
+    from dtgnet.data.synth import Sources
+
+    src = Sources()
+    for kind in ("face", "digit"):  # whole images: disjoint index ranges of the same collection
+        seen = [{a.tobytes() for a in src.actors[s][kind]} for s in ("train", "val", "test")]
+        assert all(seen) and not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2]), kind
+
+    def rows(images):  # photo bands: a row of pixels from one split never appears in another
+        return {img[y].tobytes() for img in images for y in range(img.shape[0])}
+
+    for kind in ("animal", "person", "object"):
+        bands = [rows(src.actors[s][kind]) for s in ("train", "val", "test")]
+        assert not (bands[0] & bands[1] or bands[0] & bands[2] or bands[1] & bands[2]), kind
+    scenes = [rows(src.backgrounds[s]) for s in ("train", "val", "test")]
+    assert not (scenes[0] & scenes[1] or scenes[0] & scenes[2] or scenes[1] & scenes[2])
 
 
 def test_synth_pairs_differ_only_in_time_direction():

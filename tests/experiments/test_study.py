@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 
 from dtgnet.cli import main
-from dtgnet.errors import EXIT_PREEMPTED
-from dtgnet.experiments.stats import best_on_val, check_targets, entry_stats, label_gap_share, paired, summarise
+from dtgnet.errors import EXIT_PREEMPTED, DtgError
+from dtgnet.experiments.stats import (
+    appearance_ratio,
+    best_on_val,
+    check_targets,
+    entry_stats,
+    label_gap_share,
+    paired,
+    summarise,
+)
 from dtgnet.experiments.study import PLANS, entry_names, run_study, same_steps
 from dtgnet.io import load_checkpoint
 from dtgnet.training.runlog import read_log
@@ -114,6 +122,38 @@ def test_entry_names_cover_the_issue():
         assert n in names
     assert len(set(names)) == len(names)
     assert "dtg_e64" not in entry_names(dataclasses.replace(PLANS["full"], long_pretrain_epochs=0))
+
+
+def test_ucf_like_plan_runs_what_its_comparison_needs():
+    plan = PLANS["ucf_like_full"]
+    names = entry_names(plan)
+    assert plan.design == "ucf_like" and set(plan.entries) <= set(names)
+    for n in ("scratch", "ssl_e64", "dtg_e64", "scratch_full", "single_frame", "single_frame_full", "dtg_1of4",
+              "ssl_1of4", "joint_dtg", "supervised", "teacher_knn_imagenet", "teacher_knn_action", "vit_dtg"):
+        assert n in names
+    assert not {"dtg_best_fixed", "dtg_learned", "ssl_full", "dtg_full", "dtg_1of8"} & set(names)
+    # a derived entry brings the run it derives from; the weight-grid's best point comes with the grid
+    some = entry_names(dataclasses.replace(PLANS["full"], entries=("dtg_full", "dtg_equal")))
+    assert some == ["dtg_equal", "dtg_best_fixed", "dtg_adaptive", "dtg_full"]
+    with pytest.raises(DtgError, match="unknown study entries: dtg_e32"):
+        entry_names(dataclasses.replace(plan, entries=("scratch", "dtg_e32")))
+
+
+def test_targets_and_ratio_of_a_partial_study():
+    def entry(m, n=3):
+        return {"top1_mean": m, "top1_seeds": [m - 1.0, m, m + 1.0][:n], "knn_mean": m,
+                "knn_seeds": [m - 1.0, m, m + 1.0][:n]}
+
+    calibration = {"scratch_full": entry(70.0), "single_frame_full": entry(56.0)}
+    assert check_targets(calibration, None, None, None) == []  # nothing to compare yet, nothing claimed
+    ratio = appearance_ratio(calibration)
+    assert ratio["seeds"] == [round(55 / 69, 3), 0.8, round(57 / 71, 3)] and ratio["in_range"]
+    assert ratio["ci95"][0] < ratio["mean"] < ratio["ci95"][1]
+    assert not appearance_ratio({**calibration, "single_frame_full": entry(25.0)})["in_range"]
+    assert appearance_ratio({"scratch_full": entry(70.0)}) is None
+    partial = {"scratch": entry(40.0), "dtg_e64": entry(60.0), "teacher_knn_a": entry(30.0, n=1)}
+    assert [t["target"] for t in check_targets(partial, "dtg_e64", None, None)] == [
+        "dtg_e64 >= scratch + 15", "dtg_e64 kNN >= the best teacher's kNN (teacher_knn_a) + 5"]
 
 
 @pytest.fixture(scope="module")
@@ -261,3 +301,32 @@ def test_study_pairs_script_prints_paired_differences_and_spreads(tmp_path):
     for args, message in ((["dtg-nope"], "unknown: nope"), (["--spread", "teacher"], "single run")):
         bad = subprocess.run(script + args, capture_output=True, text=True)
         assert bad.returncode != 0 and message in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_ucf_like_quick_study_calibrates_first_then_grows(tmp_path):
+    """The UCF101-like design end to end at smoke size: first the calibration pair alone (no teacher-guided
+    run exists yet), then the same study resumed with more entries trains those and keeps the first records."""
+    from dtgnet.data.synth import UCF_LIKE
+
+    out = tmp_path / "ucf"
+    calibrate = "scratch_full,single_frame_full"
+    run = dtgnet("study", "--quick", "--preset", "ucf_like", "--out", str(out), "--entries", calibrate)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert (out / "data" / "classes.txt").read_text().split() == [c.name for c in UCF_LIKE[:4]]
+    assert list(json.loads((out / "study.json").read_text())) == ["scratch_full", "single_frame_full"]
+    meta = json.loads((out / "runs.json").read_text())
+    assert meta["data"]["design"] == "ucf_like" and meta["data"]["preset"] == "ucf_like_smoke"
+    assert len(meta["appearance_ratio"]["seeds"]) == 2 and meta["targets"] == []
+    assert "## How much one frame knows" in (out / "study.md").read_text()
+    assert not [p for p in (out / "records").glob("*dtg*")]
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json") if p.name != "plan.json"}
+
+    run = dtgnet("study", "--quick", "--out", str(out), "--resume", "--entries", calibrate)
+    assert run.returncode == 2 and "another plan" in run.stderr  # the twins design is another study
+    run = dtgnet("study", "--quick", "--preset", "ucf_like", "--out", str(out), "--resume", "--entries",
+                 calibrate + ",scratch,dtg_e2,teacher_knn_imagenet")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json") if p.name in before} == before
+    assert list(json.loads((out / "study.json").read_text())) == [
+        "scratch", "dtg_e2", "scratch_full", "single_frame_full", "teacher_knn_imagenet"]
+    assert "dtg_e2 >= scratch + 15" in run.stdout
