@@ -117,11 +117,14 @@ class TeacherConfig:
     source: str = "efficientnet_lite0"
     """efficientnet_lite0 (bundled ImageNet weights), torchvision (model by weight name), torchscript file,
     onnx file, action (a file written by `dtgnet teacher train`), timm, open_clip or hf (Hugging Face
-    transformers; timm, open_clip and hf are the extras dtgnet[timm], dtgnet[clip] and dtgnet[hf])."""
+    transformers; timm, open_clip and hf are the extras dtgnet[timm], dtgnet[clip] and dtgnet[hf]); video
+    teachers, which embed each view as a whole clip (online only): student (a dtgnet student file or
+    folder), torchvision_video (a video model by weight name) or hf_video (a VideoMAE)."""
     weights: str = ""
     """torchvision: weight enum name such as ResNet18_Weights.IMAGENET1K_V1; torchscript, onnx, action: path to
     the file; timm: a local weights file (safetensors or a weights-only torch file), empty = timm's hub;
-    open_clip: a pretrained tag (openai, laion2b_s34b_b88k) or a local checkpoint."""
+    open_clip: a pretrained tag (openai, laion2b_s34b_b88k) or a local checkpoint; student: a dtgnet student
+    file or folder; torchvision_video: R3D_18_Weights.KINETICS400_V1, S3D_Weights.KINETICS400_V1, ..."""
     weight: float = 1.0
     """Initial (fixed: constant) weight w_k of this teacher's term in the DTG loss."""
     input_size: int = 0
@@ -129,7 +132,8 @@ class TeacherConfig:
     teachers read it from the model), 112 for the other sources."""
     model: str = ""
     """timm: model name (resnet50.a1_in1k); open_clip: model name (ViT-B-16) or a model-config JSON file;
-    hf: model id (facebook/dinov2-small) or a local directory written by save_pretrained."""
+    hf: model id (facebook/dinov2-small) or a local directory written by save_pretrained; hf_video: a VideoMAE
+    id (MCG-NJU/videomae-base) or local directory."""
     embedding: Embedding = "default"
     """Which vector is the teacher's frame embedding: default (timm: pooled features; CLIP / SigLIP: the
     projected image embedding; other hf models: the CLS token), projected, pooled (hf: the vision tower's
@@ -180,8 +184,17 @@ class StudentConfig:
     tubelet: int = 2
     """ViT students: frames per tubelet (data.frames must be a multiple)."""
     init_from: str = ""
-    """ViT students: inflate the weights of a timm image ViT of the same size into the student before
-    training: a local file (safetensors or a weights-only torch file) or a timm model name."""
+    """Start the backbone from an image model before training: tsn_r18 and r3d_18 (inflated) from a 2D
+    ResNet-18 (a torchvision weight name such as ResNet18_Weights.IMAGENET1K_V1, a timm name or a local file);
+    tsn from bundled (student.backbone=efficientnet_lite0: the teacher's ImageNet weights), timm (the
+    backbone's pretrained weights) or a local file; ViTs from a timm image ViT of the same size (a name or a
+    local file). R(2+1)D, S3D, MViT and Swin3D cannot (docs/TEACHERS.md says why)."""
+    backbone: str = ""
+    """student.arch=tsn only: the 2D network run on every segment, a timm model name (resnet50,
+    convnext_tiny, ...) or efficientnet_lite0 (the bundled teacher's network)."""
+    checkpointing: bool = False
+    """ViT students: recompute each block's activations in the backward pass instead of keeping them
+    (activation checkpointing): less memory, one more forward pass of the blocks (docs/TRAINING.md)."""
     proj_dim: int = 128
     """Output dimension of every projection head."""
     proj_hidden: int = 512
@@ -197,7 +210,12 @@ class StudentConfig:
         _at_least("student.tubelet", self.tubelet, 1)
         arch.check(cfg)
         if self.init_from and not arch.init_from:
-            raise ConfigError("student.init_from", f"inflation needs a ViT student, not {self.arch}")
+            raise ConfigError("student.init_from", f"{self.arch} cannot start from an image model (tsn_r18, tsn, "
+                                                   f"r3d_18 and the ViTs can)")
+        if self.backbone and self.arch != "tsn":
+            raise ConfigError("student.backbone", f"a 2D backbone is for student.arch=tsn, not {self.arch}")
+        if self.checkpointing and not arch.checkpointing:
+            raise ConfigError("student.checkpointing", f"activation checkpointing needs a ViT student, not {self.arch}")
         _at_least("student.proj_dim", self.proj_dim, 1)
         _at_least("student.proj_hidden", self.proj_hidden, 1)
         _in_range("student.dropout", self.dropout, 0.0, 1.0)
@@ -282,8 +300,11 @@ class OptimConfig:
     """Linear warm-up steps."""
     max_steps: int = 0
     """Stop after this many steps (0: run all epochs)."""
-
-
+    micro_batch: int = 0
+    """Videos per forward pass (0: the whole batch at once). Smaller ones cut activation memory by about
+    batch / micro_batch while every contrastive term still compares across the whole batch (GradCache: an
+    extra forward pass without gradients, about 1.3-1.5x the step time); exact for students without batch
+    norm (docs/TRAINING.md)."""
 
     def check(self) -> None:
         _at_least("optim.epochs", self.epochs, 1)
@@ -293,6 +314,7 @@ class OptimConfig:
         _at_least("optim.weight_decay", self.weight_decay, 0.0)
         _at_least("optim.warmup_steps", self.warmup_steps, 0)
         _at_least("optim.max_steps", self.max_steps, 0)
+        _at_least("optim.micro_batch", self.micro_batch, 0)
 
 @dataclass
 class RunConfig:
@@ -520,6 +542,18 @@ def _in_range(key, value, low, high, low_open=False):
         raise ConfigError(key, f"must be in {bracket}{low}, {high}], got {value}")
 
 
+def _check_video_teacher(cfg: Config, i: int) -> None:
+    """A video teacher embeds each view whole: nothing per frame to cache or to align segments with."""
+    source = cfg.teachers[i].source
+    if cfg.run.teacher_cache or cfg.run.teacher_cache_dir:
+        raise ConfigError(f"teachers.{i}.source", f"{source} is a video teacher: it embeds each view as a whole "
+                                                  f"clip, online only; set run.teacher_cache=false and "
+                                                  f"run.teacher_cache_dir='' (image teachers then run online too)")
+    if cfg.loss.segment_weight:
+        raise ConfigError("loss.segment_weight", f"teachers.{i} ({source}) embeds whole clips, not one frame "
+                                                 f"per segment")
+
+
 def validate(cfg: Config, check_paths: bool = True) -> None:
     """Range, choice and path checks, section by section; raises ConfigError naming the first bad key."""
     cfg.data.check(cfg)
@@ -529,6 +563,8 @@ def validate(cfg: Config, check_paths: bool = True) -> None:
         if t.name in names:
             raise ConfigError(f"teachers.{i}.name", f"duplicate teacher name {t.name!r}")
         names.add(t.name)
+        if TEACHER_SOURCES.get(t.source, f"teachers.{i}.source").video:
+            _check_video_teacher(cfg, i)
     cfg.student.check(cfg)
     cfg.loss.check(cfg)
     cfg.optim.check()

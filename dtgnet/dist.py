@@ -73,6 +73,25 @@ class Dist:
         dist.all_gather(parts, x.contiguous())
         return torch.cat(parts)
 
+    def average_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Average the gradients of ``optimizer``'s parameters over the ranks (what DDP does inside its
+        backward; for steps that run their passes outside it, as micro-batches do), in one flat all-reduce."""
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+        from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+        for p in params:  # a parameter no pass reached contributes zeros, as in DDP
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= self.world
+        for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            g.copy_(synced)
+
     def wrap(self, module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """DDP over the ranks (synchronised batch norm on GPUs); the module itself in one process."""
         if self.world == 1:

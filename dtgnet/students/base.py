@@ -21,11 +21,12 @@ class DTGStudent(nn.Module):
     def __init__(self, arch: str, frames: int, teacher_dims: dict[str, int], proj_dim: int = 128,
                  proj_hidden: int = 512, num_classes: int = 0, dropout: float = 0.0,
                  temporal_shift: bool = False, self_head: bool = True, freeze_bn: bool = False,
-                 size: int = 112, patch_size: int = 16, tubelet: int = 2):
+                 size: int = 112, patch_size: int = 16, tubelet: int = 2, backbone: str = ""):
         super().__init__()
         self.arch, self.frames, self.freeze_bn = arch, frames, freeze_bn
         self.backbone = STUDENTS.get(arch, "student.arch").build(
-            frames=frames, size=size, temporal_shift=temporal_shift, patch_size=patch_size, tubelet=tubelet)
+            frames=frames, size=size, temporal_shift=temporal_shift, patch_size=patch_size, tubelet=tubelet,
+            backbone=backbone)
         d = self.backbone.feature_dim
         self.self_head = projection_head(d, proj_hidden, proj_dim) if self_head else None
         self.teacher_heads = nn.ModuleDict({n: projection_head(d, proj_hidden, dim) for n, dim in teacher_dims.items()})
@@ -55,17 +56,22 @@ class DTGStudent(nn.Module):
 
 def build_student(cfg, teacher_dims: dict[str, int], num_classes: int = 0, self_head: bool = True) -> DTGStudent:
     s = cfg.student
-    return DTGStudent(s.arch, cfg.data.frames, teacher_dims, s.proj_dim, s.proj_hidden, num_classes, s.dropout,
-                      s.temporal_shift, self_head, s.freeze_bn, cfg.data.size, s.patch_size, s.tubelet)
+    model = DTGStudent(s.arch, cfg.data.frames, teacher_dims, s.proj_dim, s.proj_hidden, num_classes, s.dropout,
+                       s.temporal_shift, self_head, s.freeze_bn, cfg.data.size, s.patch_size, s.tubelet,
+                       s.backbone)
+    if s.checkpointing:
+        model.backbone.checkpointing = True
+    return model
 
 
 def initialise_backbone(model: DTGStudent, cfg) -> None:
-    """``student.init_from``: inflate a timm image ViT's weights into a ViT student (before training only)."""
+    """``student.init_from``: start the backbone from an image model (before training only;
+    :mod:`dtgnet.students.image_init`)."""
     source = cfg.student.init_from
     if not source:
         return
     if not STUDENTS.get(cfg.student.arch, "student.arch").init_from:
-        raise ConfigError("student.init_from", f"inflation needs a ViT student, not {cfg.student.arch}")
+        raise ConfigError("student.init_from", f"{cfg.student.arch} cannot start from an image model")
     model.backbone.initialise_from(source)
 
 

@@ -46,6 +46,8 @@ class StudentArch:
     """The backbone has ``per_segment`` (one feature per segment)."""
     init_from: bool = False
     """``student.init_from`` can initialise it from an image model."""
+    checkpointing: bool = False
+    """``student.checkpointing``: its backbone has a ``checkpointing`` switch (recompute activations)."""
 
 
 def register_student(arch: StudentArch) -> StudentArch:

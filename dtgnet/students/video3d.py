@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .image_init import image_state, load_matching, r3d_key
 from .registry import StudentArch, register_student
 
 KINETICS_MEAN, KINETICS_STD = (0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989)
@@ -46,6 +47,13 @@ class Video3D(nn.Module):
             v = v.contiguous(memory_format=torch.channels_last_3d)
         return self.net(v).flatten(1)  # (B, feature_dim)
 
+    def initialise_from(self, source: str) -> None:
+        """``student.init_from`` (R3D-18 only): a 2D ResNet-18 inflated (I3D; :mod:`dtgnet.students.image_init`)."""
+        if self.arch != "r3d_18":
+            raise ConfigError("student.init_from", f"{self.arch} cannot start from an image model "
+                                                   f"(dtgnet.students.image_init says why)")
+        load_matching(self.net, image_state(source), source, rename=r3d_key, inflate=True)
+
     def tokens(self, x):
         """``(B, N, feature_dim)``: the last feature map's positions (MViT: its tokens without the class token)."""
         seen = {}
@@ -83,4 +91,5 @@ def _mvit_v2_s(frames: int, size: int) -> nn.Module:
 
 
 for _arch in Video3D.HEADS:
-    register_student(StudentArch(_arch, lambda frames, size, _arch=_arch, **_: Video3D(_arch, frames, size)))
+    register_student(StudentArch(_arch, lambda frames, size, _arch=_arch, **_: Video3D(_arch, frames, size),
+                                 init_from=_arch == "r3d_18"))

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import CheckpointError, ConfigError, first_line
 from ..io import IMAGENET_MEAN, IMAGENET_STD, read_state_dict, require_extra
@@ -83,6 +84,7 @@ class VideoViT(nn.Module):
                                                  f"student.patch_size)")
         dim, depth, heads = VIT_SIZES[arch]
         self.feature_dim, self.patch, self.tubelet = dim, patch, tubelet
+        self.checkpointing = False  # student.checkpointing: blocks recompute their activations in backward
         self.grid = (frames // tubelet, size // patch, size // patch)
         self.patch_embed = TubeletEmbed(dim, patch, tubelet)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[1] * self.grid[2], dim))  # spatial
@@ -103,8 +105,9 @@ class VideoViT(nn.Module):
         if tokens.shape[1] != pos.shape[1]:
             raise ValueError(f"student built for {t}x{hw} tokens got input of shape {tuple(x.shape)}")
         x = tokens + pos
+        recompute = self.checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         return x  # (B, N, D)
 
     def forward(self, x):
@@ -190,4 +193,4 @@ def _check_vit(cfg) -> None:
 for _arch in VIT_SIZES:
     register_student(StudentArch(
         _arch, lambda frames, size, patch_size=16, tubelet=2, _arch=_arch, **_: VideoViT(_arch, frames, size, patch_size, tubelet),
-        _check_vit, init_from=True))
+        _check_vit, init_from=True, checkpointing=True))

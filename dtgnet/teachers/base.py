@@ -34,6 +34,8 @@ class FrameEncoder(NamedTuple):
 class Teacher(nn.Module):
     """Wraps a frame encoder ``(N, 3, S, S) normalised -> (N, D)`` with its own input size and normalisation."""
 
+    clip = False  # embeds frames (a video teacher embeds whole clips)
+
     def __init__(self, name: str, encoder: nn.Module, input_size: int, mean, std, embed_dim: int,
                  precision: str = "auto", compile: bool = False):
         super().__init__()
@@ -90,6 +92,10 @@ def build_teacher(cfg, class_names: list[str] | None = None) -> Teacher:
     """A frozen :class:`Teacher` from a :class:`~dtgnet.config.TeacherConfig`. ``class_names`` (the dataset's)
     fill a prompted teacher's prompts when its config lists no classes of its own."""
     source = TEACHER_SOURCES.get(cfg.source, "teachers.source")
+    if source.video:
+        from .video import build_video_teacher
+
+        return build_video_teacher(cfg)
     encoder, own_size, mean, std, dim = source.build(cfg, class_names)
     size = cfg.input_size or own_size
     if dim is None:

@@ -28,7 +28,7 @@ import torch
 from ..data.bulk import Journal, Video, decode_all, join_shards, npy_header, plan_key, plan_videos
 from ..data.dataset import VideoDataset
 from ..dist import Dist, default_workers
-from ..errors import DtgError, VideoDecodeError
+from ..errors import ConfigError, DtgError, VideoDecodeError
 from ..io import NpyRows, RowFile, write_text_atomic
 from ..registry import TEACHER_SOURCES
 from .base import Teacher, build_teacher
@@ -297,6 +297,10 @@ def cache_teachers(teacher_cfgs, videos, frames: int, size: int, out_dir, device
     """``dtgnet teacher cache``: build each configured teacher and embed every frame of ``videos`` (a training
     :class:`~dtgnet.data.lists.VideoList`) read by ``reader``, which must be a source reader: the teachers see
     the original frames, never a prepared copy. Returns (one file per teacher, the number of videos)."""
+    for i, tc in enumerate(teacher_cfgs):
+        if TEACHER_SOURCES.get(tc.source, f"teachers.{i}.source").video:
+            raise ConfigError(f"teachers.{i}.source", f"{tc.source} is a video teacher: it embeds each view as "
+                                                      f"a whole clip, online, and has no per-frame cache")
     dataset = VideoDataset(videos, "single", frames, size, reader=reader)
     teachers = [build_teacher(tc, videos.classes).to(device) for tc in teacher_cfgs]
     return write_caches(teachers, teacher_cfgs, dataset, out_dir, device, **options), len(dataset)

@@ -42,6 +42,8 @@ class TeacherSource:
     """The weights file's bytes go into the cache fingerprint (encoders whose parameters torch cannot see)."""
     describes: tuple[str, ...] = ()
     """Config fields that choose the embedding without being in the weights; the cache fingerprint holds them."""
+    video: bool = False
+    """A video teacher (:mod:`dtgnet.teachers.video`): embeds whole clips; ``build`` is unused."""
     text: Callable[..., tuple] | None = None
     """CLIP family: ``text(teacher_cfg, texts)`` -> (``(C, D)`` text embeddings in the image embedding's space,
     logit scale), for zero-shot classification (``dtgnet predict --zero-shot``)."""
@@ -77,18 +79,22 @@ def _strip_last_linear(model: nn.Module) -> int:
     return last.in_features
 
 
-def torchvision_encoder(weight_name: str) -> tuple[nn.Module, tuple, tuple, int]:
-    """A torchvision classifier by weight name (e.g. ``ResNet50_Weights.IMAGENET1K_V2``), classifier removed.
-    Weights come from the torch hub cache ($TORCH_HOME/hub/checkpoints), downloaded there if allowed."""
+def torchvision_model(weight_name: str, video: bool = False) -> tuple[nn.Module, object, str]:
+    """A torchvision model (an image classifier; ``video``: a video classifier) with the weights named
+    ``weight_name``: (model, its weights enum, the builder's name). The weights come from the torch hub cache
+    ($TORCH_HOME/hub/checkpoints), downloaded there if allowed."""
     import torchvision.models as tvm
+    import torchvision.models.video as tvv
 
     try:
         weights = tvm.get_weight(weight_name)
     except Exception:
         raise ConfigError("teachers.weights", f"unknown torchvision weight name {weight_name!r}") from None
-    builder = next((n for n in tvm.list_models(module=tvm) if tvm.get_model_weights(n) is type(weights)), None)
+    builder = next((n for n in tvm.list_models(module=tvv if video else tvm)
+                    if tvm.get_model_weights(n) is type(weights)), None)
     if builder is None:
-        raise ConfigError("teachers.weights", f"no image classification model takes {weight_name!r}")
+        kind = "a torchvision video model's weights" if video else "the weights of an image classification model"
+        raise ConfigError("teachers.weights", f"{weight_name!r} is not {kind}")
     model = tvm.get_model(builder, weights=None)
     try:
         state = weights.get_state_dict(progress=False, weights_only=True)
@@ -96,6 +102,12 @@ def torchvision_encoder(weight_name: str) -> tuple[nn.Module, tuple, tuple, int]
         raise CheckpointError(f"cannot load {weight_name} from the torch hub cache or the internet ({e}); "
                               f"place the file from {weights.url} in $TORCH_HOME/hub/checkpoints/") from None
     model.load_state_dict(state)
+    return model, weights, builder
+
+
+def torchvision_encoder(weight_name: str) -> tuple[nn.Module, tuple, tuple, int]:
+    """A torchvision classifier by weight name (e.g. ``ResNet50_Weights.IMAGENET1K_V2``), classifier removed."""
+    model, weights, _ = torchvision_model(weight_name)
     dim = _strip_last_linear(model)
     tf = weights.transforms()
     return model, tuple(tf.mean), tuple(tf.std), dim

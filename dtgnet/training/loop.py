@@ -41,6 +41,7 @@ from ..students import DTGStudent, build_student, initialise_backbone, save_stud
 from ..teachers import Teacher, build_teacher
 from ..teachers.cache import build_caches, load_cache
 from .checkpoint import config_hash, load_newest_readable, rng_state, save_rotating, set_rng_state
+from .gradcache import cached_backward
 from .run_state import BadItems, NonFiniteLoss, Preemption, StepWindow, worker_exits_quietly
 from .runlog import Logger, RunDir
 
@@ -98,29 +99,44 @@ class StepModule(torch.nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor | None, StudentOutputs | None]:
         """(classifier logits of view a or None, the objective's student outputs or None)."""
-        s, o = self.student, self.objective
+        return self.heads(self.embed(a, b), paired=b is not None)
+
+    def embed(self, a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        """The backbone's features of every view the step needs, ``(V, B, D)`` (``(V, B, T, D)``: each segment's,
+        for per-segment terms): view a; with b, views a and b (and a played backwards for the time-arrow term)."""
+        o = self.objective
         if b is None:
-            f_a = s(a)
-            return (s.classifier(f_a) if s.classifier is not None else None), None
+            return self.student(a)[None]  # (1, B, D)
         # every view in one pass; (B, T, 3, H, W) views, so a backwards is a.flip(1)
         views = [a, b, a.flip(1)] if o.needs_reverse else [a, b]
-        steps = s.backbone.per_segment(torch.cat(views)) if o.needs_segments else None  # (V*B, T, D)
-        f_a, f_b, *rest = (steps.mean(1) if steps is not None else s(torch.cat(views))).chunk(len(views))  # (B, D) each
+        x = torch.cat(views)  # (V*B, T, 3, H, W)
+        features = self.student.backbone.per_segment(x) if o.needs_segments else self.student(x)
+        return features.unflatten(0, (len(views), -1))
+
+    def heads(self, features: torch.Tensor, paired: bool) -> tuple[torch.Tensor | None, StudentOutputs | None]:
+        """The classifier's and the objective's outputs from :meth:`embed`'s features (whole-batch batch norm
+        in the heads, also when the backbone ran in micro-batches)."""
+        s, o = self.student, self.objective
+        steps = features if features.dim() == 4 else None  # (V, B, T, D) per-segment features
+        pooled = steps.mean(2) if steps is not None else features  # (V, B, D)
+        f_a = pooled[0]
+        logits = s.classifier(f_a) if s.classifier is not None else None
+        if not paired:
+            return logits, None
+        f_b, rest = pooled[1], pooled[2:]
         # heads in a fixed order: autograd sums the gradients reaching f_a in the reverse of it
         weights, regulariser = o.weighting.weights(), o.weighting.regulariser()
-        logits = s.classifier(f_a) if s.classifier is not None else None
         self_a = self_b = self_reversed = None
         if s.self_head is not None:
             self_a, self_b = s.self_head(f_a), s.self_head(f_b)
-            self_reversed = s.self_head(rest[0]) if rest else None
+            self_reversed = s.self_head(rest[0]) if len(rest) else None
         heads = [s.teacher_heads[n] for n in self.teacher_names]
         out = StudentOutputs(weights, regulariser, [h(f_a) for h in heads], [h(f_b) for h in heads],
                              self_a, self_b, self_reversed)
         if steps is not None:
-            b_, t = f_a.shape[0], steps.shape[1]
-            seg_a, seg_b = (x.flatten(0, 1) for x in steps[:2 * b_].chunk(2))  # (B*T, D) per view
-            out.segments_a = [h(seg_a).unflatten(0, (b_, t)) for h in heads]
-            out.segments_b = [h(seg_b).unflatten(0, (b_, t)) for h in heads]
+            seg_a, seg_b = steps[0].flatten(0, 1), steps[1].flatten(0, 1)  # (B*T, D) per view
+            out.segments_a = [h(seg_a).unflatten(0, steps.shape[1:3]) for h in heads]
+            out.segments_b = [h(seg_b).unflatten(0, steps.shape[1:3]) for h in heads]
         return logits, out
 
 
@@ -368,12 +384,50 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ the step
     def train_step(self, batch: Batch) -> dict[str, torch.Tensor]:
         """One optimiser step on one batch; returns the step's loss and terms (detached)."""
+        stats = self.backward(batch)
+        self.optimizer.step()
+        self.scheduler.step()
+        return stats
+
+    def backward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """The batch's parameter gradients (zeroed first) and its loss and terms (detached); with
+        ``optim.micro_batch``, through GradCache: the same gradients from a micro-batch's activations."""
         cfg, stats = self.cfg, {}
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.run.amp and self.device.type == "cuda"):
+        autocast = lambda: torch.autocast(self.device.type, dtype=torch.bfloat16,  # noqa: E731
+                                          enabled=cfg.run.amp and self.device.type == "cuda")
+        with autocast():
             teacher = self.teacher_embeddings(batch) if batch.b is not None else None  # global batch, no grad
             if teacher is not None and self.teachers:
                 self.objective.observe(teacher)  # adaptive weights score this batch first
-            logits, student = self.forward_model(batch.a, batch.b)
+        self.optimizer.zero_grad(set_to_none=True)
+        micro = cfg.optim.micro_batch
+        if micro and micro < batch.a.shape[0]:
+            module = getattr(self.step_module, "module", self.step_module)  # DDP's own hooks stay idle
+
+            def embed(a, b):
+                with autocast():
+                    return module.embed(a, b)
+
+            def loss_of(features):
+                with autocast():
+                    outputs = module.heads(features, paired=batch.b is not None)
+                return self.loss(batch, *outputs, teacher, stats)
+
+            stats["loss"] = cached_backward(embed, loss_of, batch.a, batch.b, micro, module)
+            self.dist.average_gradients(self.optimizer)
+        else:
+            with autocast():
+                outputs = self.forward_model(batch.a, batch.b)
+            loss = self.loss(batch, *outputs, teacher, stats)
+            loss.backward()
+            stats["loss"] = loss.detach()
+        return {k: v.detach() for k, v in stats.items()}
+
+    def loss(self, batch: Batch, logits: torch.Tensor | None, student: StudentOutputs | None,
+             teacher: TeacherEmbeddings | None, stats: dict) -> torch.Tensor:
+        """The step's loss from the model's outputs over this process's batch (its terms go into ``stats``):
+        cross-entropy on the labelled videos and/or ``L_DTG`` over the global batch."""
+        cfg = self.cfg
         loss = torch.zeros((), device=self.device)
         if self.uses_labels:
             labelled = (batch.label >= 0).float()  # (B,); all ones unless data.joint_unlabelled
@@ -386,12 +440,7 @@ class Trainer:
             stats.update({f"teacher/{t.name}": term for t, term in zip(self.teachers, dtg.teacher_terms)})
             total = dtg.total + student.regulariser
             loss = loss + (cfg.loss.joint_lambda * total if self.uses_labels else total)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.scheduler.step()
-        stats["loss"] = loss.detach()
-        return {k: v.detach() for k, v in stats.items()}
+        return loss
 
     def teacher_embeddings(self, batch: Batch, per_frame: bool | None = None) -> TeacherEmbeddings:
         """Every teacher's embeddings of both views over the global batch: looked up in the cache or computed

@@ -68,3 +68,30 @@ def test_vit_inflated_from_an_image_vit_sees_a_still_video_as_the_image(tmp_path
     cfg.student.init_from = str(wrong)
     with pytest.raises(CheckpointError, match="other.safetensors: not a timm ViT of width 192"):
         initialise_backbone(build_student(cfg, {}), cfg)
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    """student.checkpointing: the blocks recompute their activations in backward; outputs and gradients are
+    those of the plain model (fp64), and no block output is kept for backward."""
+    import copy
+
+    torch.manual_seed(0)
+    plain = VideoViT("vit_t", frames=4, size=32, patch=8, tubelet=2).double()
+    recomputing = copy.deepcopy(plain)
+    recomputing.checkpointing = True
+    x = torch.rand(2, 4, 3, 32, 32, dtype=torch.float64)
+    for model in (plain, recomputing):
+        model(x).square().sum().backward()
+    for (name, p), q in zip(plain.named_parameters(), recomputing.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-12, msg=name)
+    saved = {}
+    for name, model in (("plain", plain), ("recomputing", recomputing)):
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.setdefault(name, []).append(t.numel()) or t,
+                                                      lambda t: t):
+            model(x).sum()
+    assert sum(saved["recomputing"]) < sum(saved["plain"]) / 4
+
+
+def test_checkpointing_needs_a_vit_student():
+    with pytest.raises(ConfigError, match="student.checkpointing"):
+        load_config(None, ["student.arch=tsn_r18", "student.checkpointing=true"], check_paths=False)

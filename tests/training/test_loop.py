@@ -320,7 +320,9 @@ def test_semi_supervised_joint_uses_unlabelled_videos(tiny_synth, tmp_path):
 @pytest.mark.parametrize("arch, extra", [
     ("tsn_r18", {}), ("r3d_18", {}), ("r2plus1d_18", {}), ("s3d", {"data.frames": 8}), ("mvit_v2_s", {}),
     ("swin3d_t", {}), ("vit_t", {"student.patch_size": 8}), ("vit_s", {"student.patch_size": 8}),
-    ("vit_b", {"student.patch_size": 8})])
+    ("vit_b", {"student.patch_size": 8}),
+    ("tsn", {"student.backbone": "efficientnet_lite0", "student.init_from": "bundled", "student.temporal_shift": False}),
+    ("vit_t", {"student.patch_size": 8, "student.checkpointing": True, "optim.micro_batch": 2})])
 def test_every_student_trains_in_every_mode_with_the_cache_and_resume_exactly(tiny_synth, tmp_path, arch, extra):
     opts = {"student.arch": arch, "run.teacher_cache": True, "optim.max_steps": 2, "run.checkpoint_every": 1,
             "run.keep_checkpoints": 2, "data.num_workers": 0, **extra}
