@@ -169,6 +169,9 @@ STUDY_NOTES = {
     "single_frame_full": "scratch given one frame, 100 % of the labels",
     "vit_ssl": "ViT-Ti student (2x8x8 tubelets), pre-trained without teachers",
     "vit_dtg": "the same ViT-Ti, adaptive DTG with both teachers",
+    "scratch_init": "TSN over EfficientNet-Lite0 started from the ImageNet teacher's weights, fine-tuned directly",
+    "ssl_init": "the same initialised student, pre-trained without teachers, then fine-tuned",
+    "dtg_init": "the same initialised student, adaptive DTG with both teachers, then fine-tuned",
 }
 
 

@@ -110,6 +110,9 @@ def check_targets(study: dict, dtg: str | None, supervised: str | None = "superv
         target(f"joint_dtg >= {supervised} + 3 (the better supervised recipe on val)", "joint_dtg", supervised, 3),
         target("dtg_adaptive >= dtg_best_fixed - 1", "dtg_adaptive", "dtg_best_fixed", -1),
         target("vit_dtg >= vit_ssl (the method carries over to a ViT student)", "vit_dtg", "vit_ssl", 0),
+        target("dtg_init >= scratch_init + 5 (an ImageNet-initialised student)", "dtg_init", "scratch_init", 5),
+        target("dtg_init >= ssl_init + 3 (an ImageNet-initialised student)", "dtg_init", "ssl_init", 3),
+        target(f"dtg_init kNN >= the best teacher's kNN ({best_teacher})", "dtg_init", best_teacher, 0, "knn"),
     ]
     return [t for t in out if t is not None]
 

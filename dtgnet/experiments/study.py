@@ -68,6 +68,9 @@ from .stats import (
 TEACHERS = ("imagenet", "action")
 VIT_STUDENT = ("student.arch=vit_t", "student.patch_size=8", "student.tubelet=2")
 """The ViT pair's student: ViT-Ti, 2x8x8 tubelets (2 x 4 x 4 tokens at the study's 4 frames of 32x32)."""
+INIT_STUDENT = ("student.arch=tsn", "student.backbone=efficientnet_lite0", "student.init_from=bundled",
+                "student.temporal_shift=false")
+"""The initialised student of ``*_init``: TSN over EfficientNet-Lite0 with the ImageNet teacher's own weights."""
 
 
 @dataclass(frozen=True)
@@ -154,7 +157,7 @@ PLANS["ucf_like_quick"] = dataclasses.replace(  # quick's schedule and its one f
 FULL_FINETUNES = {"ssl_full": "ssl", "dtg_full": "dtg_adaptive"}
 """Entries that fine-tune another entry's pre-trained student on 100 % of the labels (one pre-training, two
 fine-tunes)."""
-SIDE_ENTRIES = ("dtg_learned", "single_frame", "vit_ssl", "vit_dtg")
+SIDE_ENTRIES = ("dtg_learned", "single_frame", "vit_ssl", "vit_dtg", "scratch_init", "ssl_init", "dtg_init")
 """Run with ``side_seeds`` seeds, like the weight-grid points."""
 
 
@@ -166,7 +169,8 @@ def all_entry_names(plan: StudyPlan) -> list[str]:
     single = ["single_frame", "single_frame_full"] if plan.full_label_epochs else ["single_frame"]
     long = plan.long_names()
     return (["scratch", "ssl", *long[:1], *fixed[:3], "dtg_best_fixed", *fixed[3:], "dtg_learned", "dtg_adaptive",
-             *long[1:], "supervised", "joint_dtg", *full, *fewer, *single, "vit_ssl", "vit_dtg"]
+             *long[1:], "supervised", "joint_dtg", *full, *fewer, *single, "vit_ssl", "vit_dtg", "scratch_init",
+             "ssl_init", "dtg_init"]
             + [f"teacher_knn_{t}" for t in TEACHERS])
 
 
@@ -361,8 +365,9 @@ class Study:
         path.write_text("".join(lines[i] + "\n" for i in sorted(keep)))
         return path, len(keep), len(lines)
 
-    def scratch_entry(self, name: str, seed: int, frames: int | None = None, all_labels: bool = False) -> dict:
-        return self._scored(self._finetune(self.base(seed), f"{name}_s{seed}", None, frames, all_labels))
+    def scratch_entry(self, name: str, seed: int, frames: int | None = None, all_labels: bool = False,
+                      student: tuple[str, ...] = ()) -> dict:
+        return self._scored(self._finetune(self.base(seed, student), f"{name}_s{seed}", None, frames, all_labels))
 
     def joint_entry(self, name: str, seed: int, dtg: bool) -> dict:
         cfg = self._labelled_config(self.base(seed), f"{name}_s{seed}")
@@ -429,6 +434,11 @@ class Study:
             "vit_ssl": lambda: self.pretrain_entry("vit_ssl", seed, [], student=VIT_STUDENT),
             "vit_dtg": lambda: self.pretrain_entry("vit_dtg", seed, synth_teachers(s, action), "adaptive",
                                                    student=VIT_STUDENT),
+            # one ImageNet-initialised student fine-tuned directly, after SSL and after DTG
+            "scratch_init": lambda: self.scratch_entry("scratch_init", seed, student=INIT_STUDENT),
+            "ssl_init": lambda: self.pretrain_entry("ssl_init", seed, [], student=INIT_STUDENT),
+            "dtg_init": lambda: self.pretrain_entry("dtg_init", seed, synth_teachers(s, action), "adaptive",
+                                                    student=INIT_STUDENT),
         }
         if full:
             jobs["scratch_full"] = lambda: self.scratch_entry("scratch_full", seed, all_labels=True)

@@ -118,7 +118,8 @@ def test_entry_names_cover_the_issue():
     for n in ("scratch", "ssl", "dtg_imagenet", "dtg_action", "dtg_equal", "dtg_best_fixed", "dtg_learned",
               "dtg_adaptive", "supervised", "joint_dtg", "single_frame", "teacher_knn_imagenet",
               "teacher_knn_action", "vit_ssl", "vit_dtg", "scratch_full", "ssl_full", "dtg_full", "ssl_1of8",
-              "dtg_1of8", "ssl_1of4", "dtg_1of4", "ssl_1of2", "dtg_1of2", "ssl_e64", "dtg_e64"):
+              "dtg_1of8", "ssl_1of4", "dtg_1of4", "ssl_1of2", "dtg_1of2", "ssl_e64", "dtg_e64", "single_frame_full",
+              "scratch_init", "ssl_init", "dtg_init"):
         assert n in names
     assert len(set(names)) == len(names)
     assert "dtg_e64" not in entry_names(dataclasses.replace(PLANS["full"], long_pretrain_epochs=0))
@@ -184,7 +185,7 @@ def test_quick_study_writes_every_entry(quick_study):
     meta = json.loads((out / "runs.json").read_text())
     assert study["dtg_best_fixed"] == study[meta["best_fixed"]]
     assert meta["best_fixed"] == max(meta["grid_val_top1"], key=meta["grid_val_top1"].get)
-    assert len(meta["targets"]) == 8 and meta["command"].startswith("dtgnet study --quick")
+    assert len(meta["targets"]) == 11 and meta["command"].startswith("dtgnet study --quick")
     md = (out / "study.md").read_text()
     for text in ("Command: `dtgnet study --quick", "Machine:", "Wall time:", "| dtg_adaptive |",
                  "Teacher-weight grid", "(chosen)", "## Data efficiency", "## Targets", "| scratch_full |"):
