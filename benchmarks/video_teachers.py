@@ -59,7 +59,7 @@ def main(argv=None) -> dict:
         cfg = Config()
         cfg.student.arch, cfg.data.frames, cfg.data.size = "tsn_r18", 8, 112
         save_student_safetensors(build_student(cfg, {}), work / "student.safetensors",
-                                 {"config": to_dict(cfg), "mode": "pretrain", "teacher_heads": {}, "self_head": False})
+                                 {"config": to_dict(cfg), "mode": "pretrain", "teacher_heads": {}, "self_head": True})
         transformers.VideoMAEModel(transformers.VideoMAEConfig()).save_pretrained(work / "videomae")
         teachers = {
             "student TSN-R18 (8 x 112²)": TeacherConfig("v", "student", str(work / "student.safetensors")),

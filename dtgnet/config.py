@@ -301,10 +301,11 @@ class OptimConfig:
     max_steps: int = 0
     """Stop after this many steps (0: run all epochs)."""
     micro_batch: int = 0
-    """Videos per forward pass (0: the whole batch at once). Smaller ones cut activation memory by about
-    batch / micro_batch while every contrastive term still compares across the whole batch (GradCache: an
-    extra forward pass without gradients, about 1.3-1.5x the step time); exact for students without batch
-    norm (docs/TRAINING.md)."""
+    """Videos per backbone pass (0: the whole batch at once). Smaller ones cut activation memory while every
+    contrastive term still compares across the whole batch (GradCache: one more backbone pass without
+    gradients; a ViT-S at batch 16 in micro-batches of 2 needed 3x less step memory and 1.5x the time on a
+    CPU). Exact for backbones without batch norm; a CNN student needs student.freeze_bn=true to be
+    (docs/TRAINING.md)."""
 
     def check(self) -> None:
         _at_least("optim.epochs", self.epochs, 1)

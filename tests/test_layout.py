@@ -115,9 +115,9 @@ def test_module_level_imports_have_no_cycle():
 
 def test_the_registries_know_every_builtin():
     assert set(TEACHER_SOURCES.names()) == {"efficientnet_lite0", "torchvision", "torchscript", "onnx", "action",
-                                            "timm", "open_clip", "hf"}
+                                            "timm", "open_clip", "hf", "torchvision_video", "hf_video", "student"}
     assert set(STUDENTS.names()) == {"tsn_r18", "r3d_18", "r2plus1d_18", "s3d", "mvit_v2_s", "swin3d_t", "vit_t",
-                                     "vit_s", "vit_b"}
+                                     "vit_s", "vit_b", "tsn"}
     assert TEACHER_TERMS.names() == ("regression", "relational", "segment")
 
 

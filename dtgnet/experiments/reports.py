@@ -211,7 +211,8 @@ def _study_plot(path: Path, results: dict) -> None:
 
     names = list(results)[::-1]  # first entry on top
     fig, axes = plt.subplots(1, 2, figsize=(10, 0.32 * len(names) + 1.2), sharey=True)
-    for ax, metric, title in ((axes[0], "top1", "top-1, 10 % labels (%)"), (axes[1], "knn", "kNN top-1 (%)")):
+    for ax, metric, title in ((axes[0], "top1", "top-1 (%): 10 % of the labels, *_full all"),
+                              (axes[1], "knn", "kNN top-1 (%)")):
         means = np.array([results[n][f"{metric}_mean"] for n in names])
         ci = np.array([results[n][f"{metric}_ci95"] for n in names])
         err = np.stack([means - ci[:, 0], ci[:, 1] - means])

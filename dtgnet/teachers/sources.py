@@ -43,7 +43,8 @@ class TeacherSource:
     describes: tuple[str, ...] = ()
     """Config fields that choose the embedding without being in the weights; the cache fingerprint holds them."""
     video: bool = False
-    """A video teacher (:mod:`dtgnet.teachers.video`): embeds whole clips; ``build`` is unused."""
+    """A video teacher (:mod:`dtgnet.teachers.video`): embeds whole clips; ``build(teacher_cfg)`` gives
+    (clip encoder, input side, frames (0: any), mean, std, width)."""
     text: Callable[..., tuple] | None = None
     """CLIP family: ``text(teacher_cfg, texts)`` -> (``(C, D)`` text embeddings in the image embedding's space,
     logit scale), for zero-shot classification (``dtgnet predict --zero-shot``)."""

@@ -3,7 +3,8 @@ co-teaching: a big video model and an image model distilled into one small stude
 
 Sources (``teachers.source``):
 
-* ``student``: a dtgnet student file or folder (``teachers.weights``), e.g. one pre-trained earlier;
+* ``student``: a dtgnet student file or folder (``teachers.weights``), e.g. one pre-trained earlier
+  (registered by :mod:`dtgnet.students.as_teacher`: students come after teachers in the package's layers);
 * ``torchvision_video``: a torchvision video classifier by weight name (``teachers.weights``:
   ``R3D_18_Weights.KINETICS400_V1``, ``S3D_Weights.KINETICS400_V1``, ``MViT_V2_S_Weights.KINETICS400_V1``...),
   read from the torch hub cache, classifier removed;
@@ -26,6 +27,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError, first_line
 from ..io import IMAGENET_MEAN, IMAGENET_STD, require_extra
+from ..registry import TEACHER_SOURCES
 from .sources import TeacherSource, _strip_last_linear, register_source, torchvision_model
 
 
@@ -70,31 +72,6 @@ class VideoTeacher(nn.Module):
 
     def per_frame(self, seq: torch.Tensor) -> torch.Tensor:
         raise ConfigError("loss.segment_weight", f"teacher {self.name!r} embeds whole clips, not frames")
-
-
-class ClipEncoder(nn.Module):
-    """A dtgnet student's backbone as a clip encoder: ``(B, 3, T, S, S)`` normalised by the student's own
-    mean and std -> ``(B, D)``."""
-
-    def __init__(self, backbone: nn.Module, mean, std):
-        super().__init__()
-        self.backbone = backbone
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1, 1), persistent=False)
-
-    def forward(self, x):
-        frames = (x * self.std + self.mean).transpose(1, 2)  # the backbone normalises [0, 1] frames itself
-        return self.backbone(frames)
-
-
-def _build_student(cfg):
-    from ..students.files import read_student
-
-    model, meta = read_student(cfg.weights, "cpu")
-    data = meta["config"]["data"]
-    frames, size = int(data["frames"]), int(data["size"])  # what it was trained on (TSM, ViT: fixed)
-    return ClipEncoder(model.backbone, IMAGENET_MEAN, IMAGENET_STD), size, frames, IMAGENET_MEAN, IMAGENET_STD, \
-        model.backbone.feature_dim
 
 
 def torchvision_video_encoder(weight_name: str) -> tuple[nn.Module, tuple, tuple, int, int, str]:
@@ -153,23 +130,11 @@ def _check_torchvision_video(key: str, cfg, check_paths: bool) -> None:
                           f"expected a weight name such as R3D_18_Weights.KINETICS400_V1, got {cfg.weights!r}")
 
 
-def _needs_student(key: str, cfg, check_paths: bool) -> None:
-    if not cfg.weights:
-        raise ConfigError(f"{key}.weights", "source student needs a dtgnet student file or folder")
-    if check_paths and not Path(cfg.weights).exists():
-        raise ConfigError(f"{key}.weights", f"not found: {cfg.weights}")
-
-
-VIDEO_BUILDERS = {"student": _build_student, "torchvision_video": _build_torchvision_video,
-                  "hf_video": _build_hf_video}
-
-
 def build_video_teacher(cfg) -> VideoTeacher:
     """A frozen :class:`VideoTeacher` from a :class:`~dtgnet.config.TeacherConfig` of a video source."""
-    encoder, own_size, frames, mean, std, dim = VIDEO_BUILDERS[cfg.source](cfg)
+    encoder, own_size, frames, mean, std, dim = TEACHER_SOURCES.get(cfg.source, "teachers.source").build(cfg)
     return VideoTeacher(cfg.name, encoder.eval(), cfg.input_size or own_size, frames, mean, std, dim, cfg.precision)
 
 
-for _name, _check in (("student", _needs_student), ("torchvision_video", _check_torchvision_video),
-                      ("hf_video", _needs_model)):
-    register_source(TeacherSource(_name, None, _check, video=True))
+register_source(TeacherSource("torchvision_video", _build_torchvision_video, _check_torchvision_video, video=True))
+register_source(TeacherSource("hf_video", _build_hf_video, _needs_model, video=True))

@@ -242,6 +242,11 @@ class Trainer:
         self.step_module = self.dist.wrap(StepModule(self.model, self.objective, [t.name for t in self.teachers]),
                                           self.device)
         self.forward_model = torch.compile(self.step_module) if cfg.run.compile else self.step_module
+        batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.backbone.modules())
+        if cfg.optim.micro_batch and batch_norm and not cfg.student.freeze_bn and self.dist.main:
+            print(f"dtgnet: warning: {cfg.student.arch}'s batch norm normalises each micro-batch of "
+                  f"{cfg.optim.micro_batch} by its own statistics, so the gradients are not the whole batch's; "
+                  f"student.freeze_bn=true makes them so (docs/TRAINING.md)", file=sys.stderr, flush=True)
         self.step, self.epoch = 0, 0
         self.bad = BadItems(self.list_bad)
         self.window = StepWindow()

@@ -36,7 +36,7 @@ def test_vit_student_is_order_aware_and_checks_its_input():
     with pytest.raises(ConfigError, match="student.tubelet"):
         load_config(None, ["student.arch=vit_s", "data.frames=3", "data.size=32"], check_paths=False)
     with pytest.raises(ConfigError, match="student.init_from"):
-        load_config(None, ["student.init_from=x.safetensors"], check_paths=False)
+        load_config(None, ["student.arch=s3d", "student.init_from=x.safetensors"], check_paths=False)
 
 
 def test_vit_inflated_from_an_image_vit_sees_a_still_video_as_the_image(tmp_path):

@@ -75,10 +75,13 @@ def test_frozen_batch_norm_cnn_with_every_view_and_segment_is_exact(tiny_synth, 
         tr.close()
 
 
-def test_batch_norm_students_update_running_statistics_once(tiny_synth, tmp_path):
+def test_batch_norm_students_update_running_statistics_once(tiny_synth, tmp_path, capsys):
     """A BatchNorm student (TSN-R18): the gradient-free pass leaves the running statistics alone, so they
-    move once per micro-batch, as plain gradient accumulation would move them."""
-    tr = Trainer(tiny_cfg(tiny_synth, tmp_path / "bn", **{"optim.batch_size": 4}), "pretrain", progress=False)
+    move once per micro-batch, as plain gradient accumulation would move them; the run says that its
+    gradients are not the whole batch's."""
+    tr = Trainer(tiny_cfg(tiny_synth, tmp_path / "bn", **{"optim.batch_size": 4, "optim.micro_batch": 2}),
+                 "pretrain", progress=False)
+    assert "student.freeze_bn=true makes them so" in capsys.readouterr().err
     try:
         batch = tr.to_batch(next(iter(tr.loader(0))))
         bn = next(m for m in tr.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
