@@ -151,12 +151,15 @@ def test_sigterm_stops_every_rank_then_an_elastic_restart_finishes_identically(t
     assert resumes_by_torchrun == resumes  # both resumes happened inside the torchrun job that was killed
 
 
-@pytest.mark.parametrize("arch", ["vit_t", "r3d_18"])
-def test_a_vit_and_a_3d_student_train_alike_in_one_and_two_processes(tiny_synth, tmp_path, arch):
+@pytest.mark.parametrize("arch, two_only", [("vit_t", {}), ("r3d_18", {}), ("vit_t", {"optim.micro_batch": 1})])
+def test_a_vit_and_a_3d_student_train_alike_in_one_and_two_processes(tiny_synth, tmp_path, arch, two_only):
+    """Also: two processes in micro-batches of one video (GradCache outside DDP's hooks, one all-reduce)
+    train as one process on the whole batch."""
     opts = {**COMMON, "student.arch": arch, "student.patch_size": 8, "optim.max_steps": 3,
             "run.keep_checkpoints": 3}
-    for name, nproc in (("one", 1), ("two", 2)):
-        run(["pretrain", *tiny_overrides(tiny_synth, tmp_path / name, **opts), "--no-progress"], tmp_path, nproc)
+    for name, nproc, extra in (("one", 1, {}), ("two", 2, two_only)):
+        run(["pretrain", *tiny_overrides(tiny_synth, tmp_path / name, **opts, **extra), "--no-progress"], tmp_path,
+            nproc)
     logs = {n: [r["loss"] for r in read_log(tmp_path / n / "log.jsonl") if "loss" in r] for n in ("one", "two")}
     assert len(logs["one"]) == len(logs["two"]) == 3
     assert all(abs(a - b) < 1e-4 * max(1.0, abs(a)) for a, b in zip(logs["one"], logs["two"]))
