@@ -234,9 +234,8 @@ def _background(src: Sources, split: str, size: int, frames: int, rng, favoured:
 def _trajectory(motion: str, t: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Centre x, y (canvas units, [-1, 1]), scale (sprite side / canvas side) and angle (rad) at times ``t``
     in [0, 1]. The two motions of a pair are the same path run forwards and backwards in time."""
-    name = motion
-    base = name.rsplit("_", 1)[0]
-    forward = name in {p[0] for p in PAIRS}
+    base = motion.rsplit("_", 1)[0]
+    forward = motion in {p[0] for p in PAIRS}
     tt = t if forward else 1.0 - t
     n = len(t)
     cx = np.full(n, rng.uniform(-0.3, 0.3))
@@ -245,13 +244,13 @@ def _trajectory(motion: str, t: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray
     angle = rng.uniform(-0.2, 0.2) + rng.normal(0, 0.03, n).cumsum()
     if base == "rotate":
         angle = angle + rng.uniform(0, 2 * math.pi) + tt * rng.uniform(1.6, 3.2)
-    elif name in ("approach", "recede"):
+    elif motion in ("approach", "recede"):
         s0, s1 = rng.uniform(0.18, 0.28), rng.uniform(0.6, 0.8)
         scale = s0 + (s1 - s0) * tt
     elif base == "slide":
         x0 = rng.uniform(-0.75, -0.45)
         cx = x0 + tt * rng.uniform(1.0, 1.4)
-    elif name in ("rise", "fall"):
+    elif motion in ("rise", "fall"):
         y0 = rng.uniform(0.45, 0.75)
         cy = y0 - tt * rng.uniform(1.0, 1.4)
     elif base == "orbit":
@@ -260,7 +259,7 @@ def _trajectory(motion: str, t: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray
         theta = phase + tt * rng.uniform(3.0, 4.5)
         cx, cy = radius * np.cos(theta), radius * np.sin(theta)
     else:
-        raise ValueError(f"unknown motion {name!r}")
+        raise ValueError(f"unknown motion {motion!r}")
     return cx, cy, scale, angle
 
 

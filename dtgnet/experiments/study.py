@@ -447,9 +447,7 @@ class Study:
             jobs[ssl_long] = lambda: self.pretrain_entry(ssl_long, seed, [], epochs=plan.long_pretrain_epochs)
             jobs[dtg_long] = lambda: self.pretrain_entry(dtg_long, seed, synth_teachers(s, action), "adaptive",
                                                          epochs=plan.long_pretrain_epochs)
-        if not full:
-            del jobs["single_frame_full"]
-        jobs = {name: job for name, job in jobs.items() if name in names}
+        jobs = {name: job for name, job in jobs.items() if name in names}  # the plan's (no full labels: fewer)
         side = {grid_name(w) for w in plan.grid} | set(SIDE_ENTRIES)
         if seed not in plan.seeds[:plan.side_seeds]:
             jobs = {name: job for name, job in jobs.items() if name not in side}

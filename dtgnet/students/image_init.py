@@ -27,21 +27,19 @@ from ..io import read_state_dict, require_extra
 
 def image_state(source: str, key: str = "student.init_from") -> dict:
     """A 2D network's state dict from a local file, a torchvision weight name (``..._Weights.NAME``) or a timm
-    model name (its pretrained weights)."""
+    model name (its pretrained weights): every ``student.init_from`` source, ViTs' included."""
     if Path(source).suffix in (".safetensors", ".pt", ".pth", ".bin") or Path(source).exists():
         return read_state_dict(Path(source), key)
     if "_Weights." in source:
         import torchvision.models as tvm
 
+        from ..teachers.sources import torchvision_state
+
         try:
             weights = tvm.get_weight(source)
         except Exception:
             raise ConfigError(key, f"unknown torchvision weight name {source!r}") from None
-        try:
-            return weights.get_state_dict(progress=False, weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"cannot load {source} from the torch hub cache or the internet ({first_line(e)});"
-                                  f" place the file from {weights.url} in $TORCH_HOME/hub/checkpoints/") from None
+        return torchvision_state(weights)
     timm = require_extra("timm", "timm")
     try:
         return timm.create_model(source, pretrained=True).state_dict()
@@ -49,7 +47,7 @@ def image_state(source: str, key: str = "student.init_from") -> dict:
         raise CheckpointError(f"timm {source}: cannot load its weights ({first_line(e)})") from None
 
 
-def load_matching(module: torch.nn.Module, state: dict, source: str, rename=lambda k: k, inflate: int = 0,
+def load_matching(module: torch.nn.Module, state: dict, source: str, rename=lambda k: k, inflate: bool = False,
                   skip: tuple[str, ...] = ("fc.", "classifier.", "head.")) -> None:
     """Load ``state`` (renamed key by key) into ``module``; every weight of ``module`` must be found (a
     classifier in ``state`` is skipped). ``inflate``: 4-D kernels become 5-D ones, repeated over the 3D

@@ -9,7 +9,6 @@ position table is resampled to the frame grid, and the temporal table starts at 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +16,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import CheckpointError, ConfigError, first_line
-from ..io import IMAGENET_MEAN, IMAGENET_STD, read_state_dict, require_extra
+from ..io import IMAGENET_MEAN, IMAGENET_STD
+from .image_init import image_state
 from .registry import StudentArch, register_student
 
 VIT_SIZES = {"vit_t": (192, 12, 3), "vit_s": (384, 12, 6), "vit_b": (768, 12, 12)}  # width, depth, heads
@@ -119,7 +119,7 @@ class VideoViT(nn.Module):
 
     def initialise_from(self, source: str) -> None:
         """``student.init_from``: a timm image ViT (a local file or a timm name) inflated into this model."""
-        self.inflate_from(image_vit_state(source), source)
+        self.inflate_from(image_state(source), source)
 
     @torch.no_grad()
     def inflate_from(self, state: dict, source: str) -> None:
@@ -168,18 +168,6 @@ def _init_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
-
-
-def image_vit_state(source: str) -> dict:
-    """A timm image ViT's state dict from a local file (safetensors or weights-only torch) or, for a name
-    that is no file, from timm's hub (``vit_small_patch16_224.augreg_in21k``)."""
-    if Path(source).suffix in (".safetensors", ".pt", ".pth", ".bin") or Path(source).exists():
-        return read_state_dict(Path(source), "student.init_from")
-    timm = require_extra("timm", "timm")
-    try:
-        return timm.create_model(source, pretrained=True).state_dict()
-    except Exception as e:
-        raise CheckpointError(f"timm {source}: cannot load its weights ({first_line(e)})") from None
 
 
 def _check_vit(cfg) -> None:

@@ -34,8 +34,6 @@ class FrameEncoder(NamedTuple):
 class Teacher(nn.Module):
     """Wraps a frame encoder ``(N, 3, S, S) normalised -> (N, D)`` with its own input size and normalisation."""
 
-    clip = False  # embeds frames (a video teacher embeds whole clips)
-
     def __init__(self, name: str, encoder: nn.Module, input_size: int, mean, std, embed_dim: int,
                  precision: str = "auto", compile: bool = False):
         super().__init__()

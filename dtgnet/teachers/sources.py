@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, first_line
 from ..io import IMAGENET_MEAN, IMAGENET_STD
 from ..registry import TEACHER_SOURCES
 from .action import load_action_teacher
@@ -97,13 +97,18 @@ def torchvision_model(weight_name: str, video: bool = False) -> tuple[nn.Module,
         kind = "a torchvision video model's weights" if video else "the weights of an image classification model"
         raise ConfigError("teachers.weights", f"{weight_name!r} is not {kind}")
     model = tvm.get_model(builder, weights=None)
-    try:
-        state = weights.get_state_dict(progress=False, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot load {weight_name} from the torch hub cache or the internet ({e}); "
-                              f"place the file from {weights.url} in $TORCH_HOME/hub/checkpoints/") from None
-    model.load_state_dict(state)
+    model.load_state_dict(torchvision_state(weights))
     return model, weights, builder
+
+
+def torchvision_state(weights) -> dict:
+    """The state dict of a torchvision weights enum, from the torch hub cache ($TORCH_HOME/hub/checkpoints),
+    downloaded there if allowed; a clear error naming the file to place there otherwise."""
+    try:
+        return weights.get_state_dict(progress=False, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot load {weights} from the torch hub cache or the internet ({first_line(e)}); "
+                              f"place the file from {weights.url} in $TORCH_HOME/hub/checkpoints/") from None
 
 
 def torchvision_encoder(weight_name: str) -> tuple[nn.Module, tuple, tuple, int]:

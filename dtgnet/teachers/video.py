@@ -35,8 +35,6 @@ class VideoTeacher(nn.Module):
     """A frozen clip encoder ``(B, 3, T, S, S) normalised -> (B, D)`` behind the teacher interface: ``(B, T, 3,
     H, W)`` views in [0, 1] -> ``(B, D)``."""
 
-    clip = True  # embeds whole clips: no per-frame embeddings, no cache
-
     def __init__(self, name: str, encoder: nn.Module, input_size: int, frames: int, mean, std, embed_dim: int,
                  precision: str = "auto"):
         super().__init__()

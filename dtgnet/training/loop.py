@@ -242,8 +242,8 @@ class Trainer:
         self.step_module = self.dist.wrap(StepModule(self.model, self.objective, [t.name for t in self.teachers]),
                                           self.device)
         self.forward_model = torch.compile(self.step_module) if cfg.run.compile else self.step_module
-        batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.backbone.modules())
-        if cfg.optim.micro_batch and batch_norm and not cfg.student.freeze_bn and self.dist.main:
+        if cfg.optim.micro_batch and not cfg.student.freeze_bn and self.dist.main and any(
+                isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.backbone.modules()):
             print(f"dtgnet: warning: {cfg.student.arch}'s batch norm normalises each micro-batch of "
                   f"{cfg.optim.micro_batch} by its own statistics, so the gradients are not the whole batch's; "
                   f"student.freeze_bn=true makes them so (docs/TRAINING.md)", file=sys.stderr, flush=True)

@@ -13,6 +13,7 @@ from dtgnet.io import IMAGENET_MEAN, IMAGENET_STD
 from dtgnet.students import read_student
 from dtgnet.teachers import build_teacher
 from dtgnet.teachers.cache import cache_teachers
+from dtgnet.teachers.video import VideoTeacher
 from dtgnet.training import train
 from tests.conftest import tiny_cfg
 
@@ -29,7 +30,7 @@ def pretrained(tiny_synth, tmp_path_factory):
 def test_student_teacher_is_the_students_backbone(pretrained):
     teacher = build_teacher(TeacherConfig("video", "student", str(pretrained)))
     model, meta = read_student(pretrained)
-    assert teacher.clip and teacher.input_size == meta["config"]["data"]["size"] == 32
+    assert isinstance(teacher, VideoTeacher) and teacher.input_size == meta["config"]["data"]["size"] == 32
     views = torch.rand(3, 5, 3, 48, 48)  # another size and frame count than the student's: resized, resampled
     assert teacher.frames == meta["config"]["data"]["frames"] == 2
     expected = model.backbone(F.interpolate(views[:, [0, 4]].flatten(0, 1), size=(32, 32), mode="bilinear",
