@@ -25,8 +25,11 @@ Precision = Literal["auto", "bf16", "fp32"]
 LossForm = Literal["infonce", "margin"]
 Weighting = Literal["fixed", "learned", "adaptive"]
 Device = Literal["auto", "cpu", "cuda"]
-DATA_FORMATS, BACKENDS, EMBEDDINGS, PRECISIONS, LOSS_FORMS, WEIGHTINGS, DEVICES = (
-    typing.get_args(t) for t in (DataFormat, Backend, Embedding, Precision, LossForm, Weighting, Device))
+MaskType = Literal["tube", "random"]
+TokenForm = Literal["cosine", "l2"]
+DATA_FORMATS, BACKENDS, EMBEDDINGS, PRECISIONS, LOSS_FORMS, WEIGHTINGS, DEVICES, MASK_TYPES, TOKEN_FORMS = (
+    typing.get_args(t) for t in (DataFormat, Backend, Embedding, Precision, LossForm, Weighting, Device, MaskType,
+                                 TokenForm))
 
 
 @dataclass
@@ -195,6 +198,13 @@ class StudentConfig:
     checkpointing: bool = False
     """ViT students: recompute each block's activations in the backward pass instead of keeping them
     (activation checkpointing): less memory, one more forward pass of the blocks (docs/TRAINING.md)."""
+    mask_ratio: float = 0.0
+    """ViT students, pre-training and joint views: share of the tubelets hidden from the encoder (0 to 0.9).
+    The blocks run on the visible tokens only, so a step's cost falls with it; the clip features pool the
+    visible tokens; fine-tuning and evaluation see every token (docs/TEACHERS.md, tokens)."""
+    mask_type: MaskType = "tube"
+    """tube (VideoMAE / UMT: the same patches hidden through time, so a hidden patch cannot be copied from
+    the next tubelet) or random (every tubelet on its own)."""
     proj_dim: int = 128
     """Output dimension of every projection head."""
     proj_hidden: int = 512
@@ -216,6 +226,11 @@ class StudentConfig:
             raise ConfigError("student.backbone", f"a 2D backbone is for student.arch=tsn, not {self.arch}")
         if self.checkpointing and not arch.checkpointing:
             raise ConfigError("student.checkpointing", f"activation checkpointing needs a ViT student, not {self.arch}")
+        _in_range("student.mask_ratio", self.mask_ratio, 0.0, 0.9)
+        _choice("student.mask_type", self.mask_type, MASK_TYPES)
+        if self.mask_ratio and not arch.tokens:
+            raise ConfigError("student.mask_ratio", f"masking needs a student made of tokens (vit_t, vit_s, vit_b), "
+                                                    f"not {self.arch}")
         _at_least("student.proj_dim", self.proj_dim, 1)
         _at_least("student.proj_hidden", self.proj_hidden, 1)
         _in_range("student.dropout", self.dropout, 0.0, 1.0)
@@ -254,12 +269,28 @@ class LossConfig:
     """Weight of per-segment alignment inside each teacher term: each of the student's segment features
     (through head k) against teacher k's embedding of that segment's frame, InfoNCE over the batch's videos at
     the same position, next to the sequence means; TSN students only; 0 disables it."""
+    clip_weight: float = 1.0
+    """Weight of the paper's clip-level cross-view contrast inside each teacher term; 0 (with
+    loss.token_weight > 0) distils teacher tokens alone, as UMT does."""
+    token_weight: float = 0.0
+    """Weight of masked token distillation inside each teacher term (UMT): every visible student token,
+    through a linear head per teacher, against the teacher's token at its place (the tubelet's first frame,
+    the teacher's grid resampled to the student's). ViT students, image teachers, online (no teacher
+    cache); 0 disables it."""
+    token_form: TokenForm = "cosine"
+    """cosine (1 - cos per token) or l2 (UMT's: mean squared error between the L2-normalised tokens, which
+    is (2 - 2 cos) / C for teacher tokens of width C)."""
     reverse_weight: float = 0.0
     """Weight of the time-arrow self term: view b's self embedding against view a's, with view a played
     backwards as one more negative, so the student learns the direction of time without labels (one more
     forward pass per step); needs loss.self_weight > 0; 0 disables it."""
 
 
+
+    @property
+    def clip_heads(self) -> bool:
+        """Whether a clip-level term reads the student's per-teacher clip heads (none are built otherwise)."""
+        return bool(self.clip_weight or any(getattr(self, t.weight_key) for t in TEACHER_TERMS if not t.needs_tokens))
 
     def check(self, cfg: Config) -> None:
         _choice("loss.form", self.form, LOSS_FORMS)
@@ -273,7 +304,19 @@ class LossConfig:
         _at_least("loss.queue_size", self.queue_size, 0)
         _in_range("loss.relational_tau", self.relational_tau, 0.0, 10.0, low_open=True)
         _at_least("loss.reverse_weight", self.reverse_weight, 0.0)
-        per_segment = STUDENTS.get(cfg.student.arch, "student.arch").per_segment
+        _at_least("loss.clip_weight", self.clip_weight, 0.0)
+        _choice("loss.token_form", self.token_form, TOKEN_FORMS)
+        arch = STUDENTS.get(cfg.student.arch, "student.arch")
+        if self.token_weight and not arch.tokens:
+            raise ConfigError("loss.token_weight", f"token distillation needs a student made of tokens (vit_t, "
+                                                   f"vit_s, vit_b), not {cfg.student.arch}")
+        if self.token_weight and (cfg.run.teacher_cache or cfg.run.teacher_cache_dir):
+            raise ConfigError("loss.token_weight", "teacher tokens are computed online: set run.teacher_cache="
+                                                   "false and run.teacher_cache_dir='' (docs/TEACHERS.md, tokens)")
+        if cfg.teachers and not self.clip_heads and not self.token_weight:
+            raise ConfigError("loss.clip_weight", "0 with no other teacher term leaves the teachers nothing to "
+                                                  "teach; set loss.token_weight or another term's weight")
+        per_segment = arch.per_segment
         for term in TEACHER_TERMS:  # every registered term inside L_k: its weight, and what it needs
             key, weight = f"loss.{term.weight_key}", getattr(self, term.weight_key)
             _at_least(key, weight, 0.0)
@@ -553,6 +596,9 @@ def _check_video_teacher(cfg: Config, i: int) -> None:
     if cfg.loss.segment_weight:
         raise ConfigError("loss.segment_weight", f"teachers.{i} ({source}) embeds whole clips, not one frame "
                                                  f"per segment")
+    if cfg.loss.token_weight:
+        raise ConfigError("loss.token_weight", f"teachers.{i} ({source}) embeds whole clips: it has no tokens "
+                                               f"per frame to distil")
 
 
 def validate(cfg: Config, check_paths: bool = True) -> None:

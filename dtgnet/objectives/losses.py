@@ -133,3 +133,25 @@ def pair_term(u_a: Tensor, u_b: Tensor, t_a: Tensor, t_b: Tensor, form: str, tau
     if form == "margin":
         return 0.5 * (margin_contrastive(u_a, t_b, margin) + margin_contrastive(u_b, t_a, margin))
     raise ValueError(f"unknown loss form {form!r}")
+
+
+def token_distillation(student: Tensor, teacher: Tensor, form: str = "cosine") -> Tensor:
+    """Masked token distillation (UMT): each visible student token, mapped into the teacher's token space,
+    towards the teacher's token at the same place and time.
+
+    ``cosine``: ``L = mean_{b,m} (1 - cos(p_bm, z_bm))``;
+    ``l2`` (UMT's): ``L = mean_{b,m,c} (p^_bmc - z^_bmc)^2`` with ``p^``, ``z^`` L2-normalised over ``c``,
+    which equals ``(2 - 2 cos) / C``: the same direction, scaled down by the teacher's width.
+
+    Args:
+        student: ``(B, M, C)`` the student's predictions of its M visible tokens (after the token head).
+        teacher: ``(B, M, C)`` the teacher's tokens at those places (no gradient expected).
+        form: ``cosine`` or ``l2``.
+    Returns:
+        Scalar loss.
+    """
+    if form == "cosine":
+        return (1 - F.cosine_similarity(student, teacher, dim=-1)).mean()
+    if form == "l2":
+        return F.mse_loss(F.normalize(student, dim=-1), F.normalize(teacher, dim=-1))
+    raise ValueError(f"unknown token loss form {form!r}")

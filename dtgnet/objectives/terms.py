@@ -13,7 +13,7 @@ from typing import Callable, Mapping
 from torch import Tensor
 
 from ..registry import TEACHER_TERMS
-from .losses import cosine_regression, relational, segment_alignment
+from .losses import cosine_regression, relational, segment_alignment, token_distillation
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,12 @@ class TeacherView:
     f_a: Tensor | None = None
     """``(B, T, D_k)`` teacher-k embeddings of each segment's frame of view a."""
     f_b: Tensor | None = None
+    p_a: Tensor | None = None
+    """``(B, M, C_k)`` the student's visible tokens of view a through token head k (terms with ``needs_tokens``)."""
+    p_b: Tensor | None = None
+    z_a: Tensor | None = None
+    """``(B, M, C_k)`` teacher k's tokens at those tokens' places in view a."""
+    z_b: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,8 @@ class TeacherTerm:
     """``compute(view, settings)`` -> scalar; ``settings`` are the loss config's values (``tau``, ...)."""
     needs_segments: bool = False
     """It reads the per-segment tensors, which only students with ``per_segment`` give."""
+    needs_tokens: bool = False
+    """It reads the token tensors (students made of tokens, teachers with a token grid)."""
 
 
 def register_term(term: TeacherTerm) -> TeacherTerm:
@@ -71,6 +79,15 @@ def _segment(v: TeacherView, settings) -> Tensor:
     return 0.5 * (segment_alignment(v.s_a, v.f_a, settings["tau"]) + segment_alignment(v.s_b, v.f_b, settings["tau"]))
 
 
+def _token(v: TeacherView, settings) -> Tensor:
+    """Masked token distillation: ``1/2 [T(p^a, z^a) + T(p^b, z^b)]``."""
+    if v.p_a is None or v.z_a is None:
+        raise ValueError("the token term needs the student's visible tokens and the teacher's tokens")
+    form = settings["token_form"]
+    return 0.5 * (token_distillation(v.p_a, v.z_a, form) + token_distillation(v.p_b, v.z_b, form))
+
+
 register_term(TeacherTerm("regression", "regression_weight", _regression))
 register_term(TeacherTerm("relational", "relational_weight", _relational))
 register_term(TeacherTerm("segment", "segment_weight", _segment, needs_segments=True))
+register_term(TeacherTerm("token", "token_weight", _token, needs_tokens=True))

@@ -1,6 +1,7 @@
 """The DTG student: a backbone f (any registered architecture), a projection head h_0 for the self term, one
-head h_k per teacher (its output lives in teacher k's embedding space, so its width is the teacher's), and an
-optional classifier."""
+head h_k per teacher (its output lives in teacher k's embedding space, so its width is the teacher's), for
+token distillation a linear token head g_k per teacher (into teacher k's token space), and an optional
+classifier."""
 from __future__ import annotations
 
 from torch import nn
@@ -21,7 +22,8 @@ class DTGStudent(nn.Module):
     def __init__(self, arch: str, frames: int, teacher_dims: dict[str, int], proj_dim: int = 128,
                  proj_hidden: int = 512, num_classes: int = 0, dropout: float = 0.0,
                  temporal_shift: bool = False, self_head: bool = True, freeze_bn: bool = False,
-                 size: int = 112, patch_size: int = 16, tubelet: int = 2, backbone: str = ""):
+                 size: int = 112, patch_size: int = 16, tubelet: int = 2, backbone: str = "",
+                 token_dims: dict[str, int] | None = None):
         super().__init__()
         self.arch, self.frames, self.freeze_bn = arch, frames, freeze_bn
         self.backbone = STUDENTS.get(arch, "student.arch").build(
@@ -30,6 +32,8 @@ class DTGStudent(nn.Module):
         d = self.backbone.feature_dim
         self.self_head = projection_head(d, proj_hidden, proj_dim) if self_head else None
         self.teacher_heads = nn.ModuleDict({n: projection_head(d, proj_hidden, dim) for n, dim in teacher_dims.items()})
+        # UMT's light head: one linear map per teacher, token by token
+        self.token_heads = nn.ModuleDict({n: nn.Linear(d, c) for n, c in token_dims.items()}) if token_dims else None
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, num_classes)) if num_classes else None
 
     def train(self, mode: bool = True):
@@ -54,11 +58,12 @@ class DTGStudent(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(self.backbone.feature_dim, num_classes))
 
 
-def build_student(cfg, teacher_dims: dict[str, int], num_classes: int = 0, self_head: bool = True) -> DTGStudent:
+def build_student(cfg, teacher_dims: dict[str, int], num_classes: int = 0, self_head: bool = True,
+                  token_dims: dict[str, int] | None = None) -> DTGStudent:
     s = cfg.student
     model = DTGStudent(s.arch, cfg.data.frames, teacher_dims, s.proj_dim, s.proj_hidden, num_classes, s.dropout,
                        s.temporal_shift, self_head, s.freeze_bn, cfg.data.size, s.patch_size, s.tubelet,
-                       s.backbone)
+                       s.backbone, token_dims)
     if s.checkpointing:
         model.backbone.checkpointing = True
     return model

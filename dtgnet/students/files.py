@@ -77,7 +77,7 @@ def read_student(path, device: str = "cpu") -> tuple[DTGStudent, dict]:
     meta, state = _read_student_file(path)
     cfg = build_section(Config, meta["config"])
     model = build_student(cfg, meta.get("teacher_heads", {}), meta.get("num_classes", 0),
-                          self_head=meta.get("self_head", True))
+                          self_head=meta.get("self_head", True), token_dims=meta.get("token_heads"))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -48,6 +48,9 @@ class StudentArch:
     """``student.init_from`` can initialise it from an image model."""
     checkpointing: bool = False
     """``student.checkpointing``: its backbone has a ``checkpointing`` switch (recompute activations)."""
+    tokens: bool = False
+    """Its backbone encodes a token grid and can hide tokens (``masked``, ``grid``): masking and token
+    distillation (``student.mask_ratio``, ``loss.token_weight``)."""
 
 
 def register_student(arch: StudentArch) -> StudentArch:

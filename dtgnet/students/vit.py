@@ -97,18 +97,29 @@ class VideoViT(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1), persistent=False)
 
-    def _encode(self, x):
+    def _embed(self, x):
+        """``(B, T, 3, H, W)`` -> ``(B, N, D)``: every tubelet's embedding plus its position."""
         v = (x.transpose(1, 2) - self.mean) / self.std  # (B, 3, T, H, W)
         tokens = self.patch_embed(v)  # (B, T' * H' * W', D)
-        t, hw = self.grid[0], self.grid[1] * self.grid[2]
         pos = (self.time_embed[:, :, None] + self.pos_embed[:, None]).flatten(1, 2)  # (1, T' * H' * W', D)
         if tokens.shape[1] != pos.shape[1]:
-            raise ValueError(f"student built for {t}x{hw} tokens got input of shape {tuple(x.shape)}")
-        x = tokens + pos
+            raise ValueError(f"student built for {self.grid[0]}x{self.grid[1] * self.grid[2]} tokens got input "
+                             f"of shape {tuple(x.shape)}")
+        return tokens + pos
+
+    def _blocks(self, x):
         recompute = self.checkpointing and torch.is_grad_enabled()
         for block in self.blocks:
             x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         return x  # (B, N, D)
+
+    def _encode(self, x, visible=None):
+        """The blocks' output tokens ``(B, N, D)``; with ``visible`` ``(B, M)`` token indices, of those ``M``
+        tokens only: the masked ones never enter the blocks, so their cost falls with the mask ratio."""
+        tokens = self._embed(x)  # (B, N, D)
+        if visible is not None:
+            tokens = tokens.gather(1, visible[..., None].expand(-1, -1, tokens.shape[-1]))  # (B, M, D)
+        return self._blocks(tokens)
 
     def forward(self, x):
         return self.norm(self._encode(x).mean(1))  # (B, D)
@@ -116,6 +127,12 @@ class VideoViT(nn.Module):
     def tokens(self, x):
         """``(B, N, D)``: every tubelet's output token, normalised (the attentive probe's input)."""
         return self.norm(self._encode(x))
+
+    def masked(self, x, visible):
+        """Masked encoding (:func:`draw_visible`): ``(B, 1 + M, D)``, the pooled feature of the visible tokens
+        (as :meth:`forward` pools all) followed by the ``M`` visible tokens, each normalised."""
+        encoded = self._encode(x, visible)  # (B, M, D)
+        return self.norm(torch.cat([encoded.mean(1, keepdim=True), encoded], 1))
 
     def initialise_from(self, source: str) -> None:
         """``student.init_from``: a timm image ViT (a local file or a timm name) inflated into this model."""
@@ -161,6 +178,33 @@ class VideoViT(nn.Module):
             raise CheckpointError(f"{source}: shapes do not match this ViT ({first_line(e)})") from None
 
 
+MASK_KINDS = ("tube", "random")
+"""``student.mask_type``: tube (VideoMAE's: the same patches hidden in every tubelet of a video) or random
+(each tubelet on its own)."""
+
+
+def visible_count(grid: tuple[int, int, int], ratio: float, kind: str) -> int:
+    """How many of a ``(T', H', W')`` token grid's tokens stay visible: ``round(ratio * n)`` of ``n`` are masked,
+    ``n`` the patches (tube: the whole column through time goes) or all tokens (random)."""
+    t, h, w = grid
+    n = h * w if kind == "tube" else t * h * w
+    keep = n - round(ratio * n)
+    return keep * t if kind == "tube" else keep
+
+
+def draw_visible(batch: int, grid: tuple[int, int, int], ratio: float, kind: str) -> torch.Tensor:
+    """``(batch, M)`` indices of each video's visible tokens, ascending, in the student's token order (time,
+    then rows, then columns); ``M`` = :func:`visible_count`. Drawn from torch's global generator (a run's
+    checkpoint keeps its state, so a resumed run draws the same masks)."""
+    t, h, w = grid
+    if kind == "tube":
+        keep = visible_count(grid, ratio, kind) // t
+        patches = torch.rand(batch, h * w).argsort(1)[:, :keep].sort(1).values  # (B, keep) of each frame's grid
+        return (torch.arange(t)[None, :, None] * (h * w) + patches[:, None]).flatten(1)  # (B, T' * keep)
+    keep = visible_count(grid, ratio, kind)
+    return torch.rand(batch, t * h * w).argsort(1)[:, :keep].sort(1).values  # (B, M)
+
+
 def _init_weights(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
@@ -176,9 +220,13 @@ def _check_vit(cfg) -> None:
         raise ConfigError("student.patch_size" if d.size % s.patch_size else "student.tubelet",
                           f"data.size={d.size} and data.frames={d.frames} must split into {s.tubelet}x"
                           f"{s.patch_size}x{s.patch_size} tubelets")
+    grid = (d.frames // s.tubelet, d.size // s.patch_size, d.size // s.patch_size)
+    if s.mask_ratio and visible_count(grid, s.mask_ratio, s.mask_type) == 0:
+        raise ConfigError("student.mask_ratio", f"{s.mask_ratio} of {s.mask_type} masking leaves no token "
+                                                f"of the {grid[0]}x{grid[1]}x{grid[2]} grid visible")
 
 
 for _arch in VIT_SIZES:
     register_student(StudentArch(
         _arch, lambda frames, size, patch_size=16, tubelet=2, _arch=_arch, **_: VideoViT(_arch, frames, size, patch_size, tubelet),
-        _check_vit, init_from=True, checkpointing=True))
+        _check_vit, init_from=True, checkpointing=True, tokens=True))

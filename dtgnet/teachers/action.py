@@ -32,6 +32,10 @@ class ActionEncoder(nn.Module):
     def forward(self, x):
         return self.hidden(self.trunk(x))
 
+    def tokens(self, x):
+        """The trunk's last feature map (its blocks fine-tuned on the stills where ``finetune_blocks`` > 0)."""
+        return self.trunk.tokens(x)
+
     def classify_features(self, feats):
         return self.out(self.drop(self.hidden(feats)))
 

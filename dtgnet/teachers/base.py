@@ -6,6 +6,7 @@ gradients nor BN statistics change it. Where its frame encoder comes from is its
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -42,6 +43,7 @@ class Teacher(nn.Module):
         self.encoder = encoder
         # compiled on first use; kept outside the module tree so state_dict keys stay the encoder's own
         self.__dict__["_compiled"] = torch.compile(encoder) if compile else None
+        self.__dict__["_token_dim"] = None
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         for p in self.parameters():
@@ -56,17 +58,24 @@ class Teacher(nn.Module):
         """Whether frames go through ``torch.compile``'s wrapper of the encoder."""
         return self._compiled is not None
 
-    @torch.no_grad()
-    def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """``frames``: ``(N, 3, H, W)`` in [0, 1] -> ``(N, D)`` float32."""
+    def _prepare(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` in [0, 1] -> the encoder's input: its side, its normalisation."""
         x = frames.float()
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False,
                               antialias=x.shape[-1] > self.input_size)
-        x = (x - self.mean) / self.std
-        run = self.encoder if self._compiled is None else self._compiled
+        return (x - self.mean) / self.std
+
+    def _autocast(self, x: torch.Tensor):
         bf16 = self.precision == "bf16" or (self.precision == "auto" and x.is_cuda)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        return torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    @torch.no_grad()
+    def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """``frames``: ``(N, 3, H, W)`` in [0, 1] -> ``(N, D)`` float32."""
+        x = self._prepare(frames)
+        run = self.encoder if self._compiled is None else self._compiled
+        with self._autocast(x):
             return run(x).flatten(1).float()
 
     @torch.no_grad()
@@ -79,6 +88,63 @@ class Teacher(nn.Module):
     def forward(self, seq: torch.Tensor) -> torch.Tensor:
         """``seq``: ``(B, T, 3, H, W)`` in [0, 1] -> ``(B, D)``: mean over the sequence's frame embeddings."""
         return self.per_frame(seq).mean(1)  # (B, D)
+
+    # -------------------------------------------------------------------------------- tokens
+    @property
+    def has_tokens(self) -> bool:
+        """Whether the encoder gives a spatial token grid (``tokens``): masked token distillation."""
+        return callable(getattr(self.encoder, "tokens", None))
+
+    @property
+    def token_dim(self) -> int:
+        """Width ``C`` of the teacher's tokens (probed once with a forward pass)."""
+        if self._token_dim is None:
+            probe = torch.zeros(1, 3, self.input_size, self.input_size, device=self.mean.device)
+            self.__dict__["_token_dim"] = int(self.token_maps(probe).shape[1])
+        return self._token_dim
+
+    @torch.no_grad()
+    def token_maps(self, frames: torch.Tensor) -> torch.Tensor:
+        """``frames``: ``(N, 3, H, W)`` in [0, 1] -> ``(N, C, h, w)`` float32: the last block's patch tokens of
+        a ViT, the last spatial feature map of a CNN (the encoder's ``tokens``)."""
+        if not self.has_tokens:
+            raise ConfigError("loss.token_weight", f"teacher {self.name!r} gives no tokens (its source has no "
+                                                   f"spatial feature map; docs/TEACHERS.md lists those that do)")
+        x = self._prepare(frames)
+        with self._autocast(x):
+            return self.encoder.tokens(x).float()
+
+    @torch.no_grad()
+    def sequence_tokens(self, seq: torch.Tensor, every: int, grid: tuple[int, int]) -> torch.Tensor:
+        """``seq``: ``(B, T, 3, H, W)`` -> ``(B, T/every * h * w, C)``: the tokens of frames ``0, every, 2 every,
+        ...`` (the first frame of each of the student's tubelets, as UMT pairs a tubelet with its frame),
+        resampled to the student's ``(h, w)`` grid (:func:`resample_grid`), in the student's token order."""
+        b = seq.shape[0]
+        maps = resample_grid(self.token_maps(seq[:, ::every].flatten(0, 1)), grid)  # (B * T', C, h, w)
+        return maps.flatten(2).transpose(1, 2).unflatten(0, (b, -1)).flatten(1, 2)  # (B, T' * h * w, C)
+
+
+def patch_grid(tokens: torch.Tensor, prefix: int, who: str) -> torch.Tensor:
+    """A ViT's ``(N, prefix + h * w, C)`` output tokens -> ``(N, C, h, w)``: class / register tokens dropped,
+    the patches laid out on their square grid."""
+    patches = tokens[:, prefix:]
+    side = math.isqrt(patches.shape[1])
+    if side * side != patches.shape[1]:
+        raise ConfigError("loss.token_weight", f"{who}: {patches.shape[1]} patch tokens after {prefix} prefix "
+                                               f"tokens do not form a square grid")
+    return patches.transpose(1, 2).unflatten(2, (side, side))
+
+
+def resample_grid(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """``(N, C, h, w)`` -> ``(N, C, *grid)``. A finer teacher grid is averaged over the cells each student
+    patch covers (adaptive average pooling: equal blocks when the sides divide); a coarser one is interpolated
+    bilinearly (half-pixel centres, ``align_corners=False``)."""
+    h, w = maps.shape[-2:]
+    if (h, w) == tuple(grid):
+        return maps
+    if h >= grid[0] and w >= grid[1]:
+        return F.adaptive_avg_pool2d(maps, grid)
+    return F.interpolate(maps, size=grid, mode="bilinear", align_corners=False)
 
 
 def _probe_dim(encoder: nn.Module, size: int) -> int:

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import CheckpointError, ConfigError, first_line
 from ..io import IMAGENET_MEAN, IMAGENET_STD, read_state_dict, require_extra
-from .base import FrameEncoder
+from .base import FrameEncoder, patch_grid
 from .sources import TeacherSource, register_source
 
 
@@ -49,6 +49,15 @@ class _TimmEncoder(nn.Module):
         tokens = self.model.forward_features(x)  # (N, prefix + patches, D)
         prefix = getattr(self.model, "num_prefix_tokens", 1)
         return tokens[:, 0] if self.embedding == "cls" else tokens[:, prefix:].mean(1)
+
+    def tokens(self, x):
+        """ViTs: the last block's patch tokens on their grid; CNNs: the last feature map."""
+        features = self.model.forward_features(x)
+        if features.dim() == 3:  # (N, prefix + patches, D)
+            return patch_grid(features, getattr(self.model, "num_prefix_tokens", 0), "timm")
+        if getattr(self.model, "output_fmt", "NCHW") == "NHWC":  # Swin and others keep channels last
+            features = features.permute(0, 3, 1, 2)
+        return features  # (N, C, h, w)
 
 
 def timm_encoder(cfg, class_names=None) -> FrameEncoder:
@@ -115,6 +124,9 @@ class _ZeroShot(nn.Module):
         logits = self.scale * img @ self.text.T  # (N, C)
         return logits - logits.mean(1, keepdim=True)
 
+    def tokens(self, x):  # the image tower's patch tokens: logits have no place in space
+        return self.image_encoder.tokens(x)
+
 
 class _OpenClipImage(nn.Module):
     def __init__(self, model):
@@ -123,6 +135,19 @@ class _OpenClipImage(nn.Module):
 
     def forward(self, x):
         return self.model.encode_image(x)  # CLIP's projected image embedding
+
+    def tokens(self, x):
+        """A ViT tower's last block's patch tokens (width of the tower, before the projection)."""
+        visual = self.model.visual
+        if not hasattr(visual, "output_tokens"):
+            raise ConfigError("loss.token_weight", f"open_clip {type(visual).__name__} gives no patch tokens "
+                                                   f"(ViT towers do)")
+        visual.output_tokens = True
+        try:
+            _, tokens = visual(x)  # (N, patches, width)
+        finally:
+            visual.output_tokens = False
+        return patch_grid(tokens, 0, "open_clip")
 
 
 def _open_clip_model(cfg):
@@ -201,6 +226,11 @@ class _HfImage(nn.Module):
             return out.pooler_output
         tokens = out.last_hidden_state  # (N, prefix + patches, D)
         return tokens[:, 0] if self.embedding == "cls" else tokens[:, self.prefix:].mean(1)
+
+    def tokens(self, x):
+        """The vision tower's last hidden state's patch tokens on their grid."""
+        vision = getattr(self.model, "vision_model", self.model)
+        return patch_grid(vision(pixel_values=x, **self.kwargs).last_hidden_state, self.prefix, "hf")
 
 
 def _hf_preprocessing(source: str, config, local: bool, trust: bool) -> tuple[int, tuple, tuple]:

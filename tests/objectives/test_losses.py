@@ -11,8 +11,10 @@ from dtgnet.objectives.losses import (
     relational,
     reverse_contrast,
     segment_alignment,
+    token_distillation,
 )
 from dtgnet.objectives.objective import dtg_loss
+from dtgnet.registry import TEACHER_TERMS
 
 
 def naive_info_nce(q, k, tau, extra=None):
@@ -194,3 +196,49 @@ def test_segment_term_adds_inside_each_weighted_teacher_term():
     torch.testing.assert_close(seg.teacher_terms[0], base.teacher_terms[0] + extra)
     with pytest.raises(ValueError, match="per-segment"):
         dtg_loss(None, None, [u_a], [u_b], [t_a], [t_b], w, 0.0, segment=2.0)
+
+
+def naive_token_loss(p, z, form):
+    """Token by token, as UMT writes it: unit vectors, then (1 - cos) or the squared distance per channel."""
+    total, count = 0.0, 0
+    for b in range(p.shape[0]):
+        for m in range(p.shape[1]):
+            pn, zn = p[b, m] / p[b, m].norm(), z[b, m] / z[b, m].norm()
+            if form == "cosine":
+                total += 1 - float(pn @ zn)
+                count += 1
+            else:
+                total += sum(float(pn[c] - zn[c]) ** 2 for c in range(p.shape[2]))
+                count += p.shape[2]
+    return total / count
+
+
+@pytest.mark.parametrize("form", ["cosine", "l2"])
+def test_token_distillation_matches_loop(form):
+    g = torch.Generator().manual_seed(3)
+    p, z = torch.randn(3, 5, 7, generator=g), torch.randn(3, 5, 7, generator=g)
+    assert float(token_distillation(p, z, form)) == pytest.approx(naive_token_loss(p, z, form), rel=1e-5)
+    # on unit vectors ||p - z||^2 = 2 - 2 cos: l2 is the cosine form scaled by 2 / C
+    ratio = token_distillation(p, z, "l2") / token_distillation(p, z, "cosine")
+    assert float(ratio) == pytest.approx(2 / 7, rel=1e-5)
+    with pytest.raises(ValueError, match="unknown token loss form"):
+        token_distillation(p, z, "l1")
+
+
+def test_token_term_adds_inside_each_weighted_teacher_term_with_or_without_the_clip_contrast():
+    g = torch.Generator().manual_seed(4)
+    u_a, u_b, t_a, t_b = (torch.randn(4, 6, generator=g) for _ in range(4))
+    p_a, p_b, z_a, z_b = (torch.randn(4, 5, 3, generator=g) for _ in range(4))
+    w = torch.tensor([0.5])
+    term = [(2.0, TEACHER_TERMS.get("token", "loss"))]
+    tokens = ([p_a], [p_b], [z_a], [z_b])
+    base = dtg_loss(None, None, [u_a], [u_b], [t_a], [t_b], w, 0.0)
+    both = dtg_loss(None, None, [u_a], [u_b], [t_a], [t_b], w, 0.0, extra_terms=term, tokens=tokens)
+    extra = 2.0 * 0.5 * (token_distillation(p_a, z_a) + token_distillation(p_b, z_b))
+    torch.testing.assert_close(both.teacher_terms[0], base.teacher_terms[0] + extra)
+    torch.testing.assert_close(both.total, 0.5 * (base.teacher_terms[0] + extra))
+    alone = dtg_loss(None, None, [None], [None], [t_a], [t_b], w, 0.0, extra_terms=term, tokens=tokens,
+                     clip_weight=0.0)  # no clip heads: the token terms alone, as UMT
+    torch.testing.assert_close(alone.teacher_terms[0], extra)
+    with pytest.raises(ValueError, match="token term needs"):
+        dtg_loss(None, None, [u_a], [u_b], [t_a], [t_b], w, 0.0, extra_terms=term)

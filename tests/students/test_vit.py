@@ -5,7 +5,7 @@ import torch
 from dtgnet.config import load_config
 from dtgnet.errors import CheckpointError, ConfigError
 from dtgnet.students import DTGStudent, build_student, initialise_backbone
-from dtgnet.students.vit import VideoViT
+from dtgnet.students.vit import VideoViT, draw_visible, visible_count
 
 
 def test_vit_attention_matches_a_naive_softmax_loop():
@@ -95,3 +95,65 @@ def test_activation_checkpointing_gives_the_same_gradients():
 def test_checkpointing_needs_a_vit_student():
     with pytest.raises(ConfigError, match="student.checkpointing"):
         load_config(None, ["student.arch=tsn_r18", "student.checkpointing=true"], check_paths=False)
+
+
+@pytest.mark.parametrize("kind, ratio", [("tube", 0.75), ("tube", 0.5), ("random", 0.75), ("random", 0.9)])
+def test_masking_keeps_exactly_the_stated_share(kind, ratio):
+    grid = (4, 4, 4)  # 64 tokens, 16 per tubelet time
+    torch.manual_seed(0)
+    visible = draw_visible(5, grid, ratio, kind)
+    count = 16 - round(ratio * 16) if kind == "tube" else 64 - round(ratio * 64)
+    assert visible.shape == (5, count * 4 if kind == "tube" else count) == (5, visible_count(grid, ratio, kind))
+    for row in visible:
+        assert row.unique().numel() == row.numel() and row.min() >= 0 and row.max() < 64
+        assert torch.equal(row, row.sort().values)
+        if kind == "tube":  # the same patches at every time
+            per_time = row.view(4, -1)
+            assert all(torch.equal(per_time[t] - 16 * t, per_time[0]) for t in range(4))
+    assert not torch.equal(visible[0], visible[1])  # each video its own mask
+
+
+def test_the_encoder_never_sees_the_masked_tubelets():
+    """Changing the pixels of every masked tubelet changes nothing the masked encoding gives, and no gradient
+    reaches them."""
+    torch.manual_seed(0)
+    vit = VideoViT("vit_t", 4, 32, patch=8, tubelet=2).eval()
+    visible = draw_visible(2, vit.grid, 0.75, "tube")  # (2, 2 * 4)
+    x = torch.rand(2, 4, 3, 32, 32, requires_grad=True)
+    out = vit.masked(x, visible)
+    assert out.shape == (2, 1 + visible.shape[1], 192)
+    seen = torch.zeros(2, 2 * 4 * 4, dtype=torch.bool)
+    seen[torch.arange(2)[:, None], visible] = True
+    # a pixel's tubelet: (time // 2, row // 8, col // 8) in the student's token order
+    pixel_seen = seen.view(2, 2, 1, 4, 1, 4, 1).expand(2, 2, 2, 4, 8, 4, 8).reshape(2, 4, 1, 32, 32)
+    out.sum().backward()
+    assert x.grad.abs()[~pixel_seen.expand_as(x)].sum() == 0
+    assert x.grad.abs()[pixel_seen.expand_as(x)].sum() > 0
+    changed = torch.where(pixel_seen, x.detach(), torch.rand_like(x.detach()))
+    with torch.no_grad():
+        torch.testing.assert_close(vit.masked(changed, visible), out.detach())
+        everything = torch.arange(32).expand(2, -1)
+        unmasked = vit.masked(x.detach(), everything)
+        torch.testing.assert_close(unmasked[:, 0], vit(x.detach()))  # all visible: the plain pooled feature
+        torch.testing.assert_close(unmasked[:, 1:], vit.tokens(x.detach()))
+
+
+def test_masking_and_token_distillation_config_errors(tmp_path):
+    base = ["data.root=/x", "data.frames=4", "data.size=32"]
+    vit = ["student.arch=vit_t", "student.patch_size=8"]
+    for overrides, key in [
+        (["student.mask_ratio=0.5"], "student.mask_ratio"),  # tsn_r18: not made of tokens
+        (["loss.token_weight=1"], "loss.token_weight"),
+        ([*vit, "student.mask_ratio=0.95"], "student.mask_ratio"),
+        ([*vit, "student.mask_type=block"], "student.mask_type"),
+        ([*vit, "loss.token_weight=1", "loss.token_form=l1"], "loss.token_form"),
+        ([*vit, "loss.token_weight=1", "run.teacher_cache=true"], "loss.token_weight"),
+        ([*vit, "loss.clip_weight=0"], "loss.clip_weight"),
+        ([*vit, "loss.token_weight=1", "teachers.0.source=torchvision_video",
+          "teachers.0.weights=R3D_18_Weights.KINETICS400_V1"], "loss.token_weight")]:
+        with pytest.raises(ConfigError) as e:
+            load_config(None, base + overrides, check_paths=False)
+        assert e.value.key == key, (overrides, e.value)
+    tiny = ["data.size=16", "data.frames=2", "student.patch_size=16", "student.tubelet=2"]  # one token
+    with pytest.raises(ConfigError, match="leaves no token"):
+        load_config(None, ["data.root=/x", "student.arch=vit_t", *tiny, "student.mask_ratio=0.6"], check_paths=False)

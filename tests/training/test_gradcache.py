@@ -24,13 +24,18 @@ def _double_batch(tr: Trainer):
     return dataclasses.replace(batch, a=batch.a.double(), b=None if batch.b is None else batch.b.double())
 
 
-@pytest.mark.parametrize("mode,micro", [("pretrain", 1), ("pretrain", 3), ("joint", 2)])
-def test_micro_batches_give_the_whole_batch_gradients(tiny_synth, tmp_path, mode, micro):
+TOKENS = {"student.mask_ratio": 0.5, "loss.token_weight": 1.0}
+
+
+@pytest.mark.parametrize("mode,micro,extra", [("pretrain", 1, {}), ("pretrain", 3, {}), ("joint", 2, {}),
+                                              ("pretrain", 2, TOKENS)])
+def test_micro_batches_give_the_whole_batch_gradients(tiny_synth, tmp_path, mode, micro, extra):
     """fp64, a ViT student (LayerNorm: no batch statistics in the backbone; the heads' batch norm sees the
     whole batch): self term, learned teacher weights, a queue of past teacher embeddings and (joint)
-    cross-entropy; micro-batches of 1 and of 3 (an uneven last one)."""
-    over = {**VIT, "loss.weighting": "learned", "loss.queue_size": 8, "optim.batch_size": 4}
-    tr = Trainer(tiny_cfg(tiny_synth, tmp_path / f"{mode}{micro}", **over), mode, progress=False)
+    cross-entropy; micro-batches of 1 and of 3 (an uneven last one); masked views with token distillation
+    (each micro-batch's rows of the visible tokens)."""
+    over = {**VIT, "loss.weighting": "learned", "loss.queue_size": 8, "optim.batch_size": 4, **extra}
+    tr = Trainer(tiny_cfg(tiny_synth, tmp_path / f"{mode}{micro}{len(extra)}", **over), mode, progress=False)
     try:
         tr.step_module.double()
         for t in tr.teachers:

@@ -322,7 +322,9 @@ def test_semi_supervised_joint_uses_unlabelled_videos(tiny_synth, tmp_path):
     ("swin3d_t", {}), ("vit_t", {"student.patch_size": 8}), ("vit_s", {"student.patch_size": 8}),
     ("vit_b", {"student.patch_size": 8}),
     ("tsn", {"student.backbone": "efficientnet_lite0", "student.init_from": "bundled", "student.temporal_shift": False}),
-    ("vit_t", {"student.patch_size": 8, "student.checkpointing": True, "optim.micro_batch": 2})])
+    ("vit_t", {"student.patch_size": 8, "student.checkpointing": True, "optim.micro_batch": 2}),
+    ("vit_t", {"student.patch_size": 8, "student.mask_ratio": 0.5, "loss.token_weight": 1.0,
+               "run.teacher_cache": False})])
 def test_every_student_trains_in_every_mode_with_the_cache_and_resume_exactly(tiny_synth, tmp_path, arch, extra):
     opts = {"student.arch": arch, "run.teacher_cache": True, "optim.max_steps": 2, "run.checkpoint_every": 1,
             "run.keep_checkpoints": 2, "data.num_workers": 0, **extra}
@@ -346,3 +348,17 @@ def test_every_student_trains_in_every_mode_with_the_cache_and_resume_exactly(ti
     joint = train(tiny_cfg(tiny_synth, tmp_path / "joint", **once), "joint", progress=False)
     assert ft["steps"] == joint["steps"] == 2
     assert load_student(tmp_path / "ft" / "student.safetensors").backbone.feature_dim > 0
+
+
+def test_token_distillation_alone_trains_token_heads_only_and_its_student_loads(tiny_synth, tmp_path):
+    """loss.clip_weight=0, self term off: UMT's objective. No clip heads are built (none would get a gradient),
+    one linear token head per teacher; the student file rebuilds it."""
+    opts = {"student.arch": "vit_t", "student.patch_size": 8, "data.frames": 4, "student.temporal_shift": False,
+            "loss.token_weight": 1.0, "loss.clip_weight": 0.0, "loss.self_weight": 0.0, "student.mask_ratio": 0.75}
+    out = tmp_path / "umt"
+    train(tiny_cfg(tiny_synth, out, **opts), "pretrain", progress=False)
+    logs = [r for r in read_log(out / "log.jsonl") if "loss" in r]
+    assert 0 < logs[-1]["teacher/imagenet"] == pytest.approx(logs[-1]["loss"], rel=1e-5)
+    student = load_student(out / "student.safetensors")
+    assert len(student.teacher_heads) == 0 and student.token_heads["imagenet"].out_features == 1280
+    assert student.token_heads["imagenet"].in_features == student.backbone.feature_dim
