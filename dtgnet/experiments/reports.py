@@ -172,7 +172,25 @@ STUDY_NOTES = {
     "scratch_init": "TSN over EfficientNet-Lite0 started from the ImageNet teacher's weights, fine-tuned directly",
     "ssl_init": "the same initialised student, pre-trained without teachers, then fine-tuned",
     "dtg_init": "the same initialised student, adaptive DTG with both teachers, then fine-tuned",
+    "vit_token": "best vit_token_mNN on val",
+    "vit_dtg_token": "vit_dtg plus masked token distillation (mask 0.75), teachers online",
+    "dtg_video": "dtg's recipe, co-taught by a video teacher (the dtg_eN student of its seed), teachers online",
 }
+
+
+def _note(name: str, meta: dict) -> str:
+    """The table's "what" cell of entry ``name``."""
+    long = meta["plan"].get("long_pretrain_epochs", 0)
+    if long and name in (f"ssl_e{long}", f"dtg_e{long}"):
+        return f"{name.split('_')[0].replace('dtg', 'dtg_adaptive')}'s recipe, pre-trained {long} epochs"
+    if name.startswith("vit_token_m"):
+        return f"the ViT-Ti, masked token distillation alone (UMT), mask {int(name[len('vit_token_m'):]) / 100:g}"
+    note = STUDY_NOTES.get(name, "")
+    if name == "dtg_best_fixed":
+        note += f": {meta['best_fixed']}"
+    if name == "vit_token" and meta.get("best_token"):
+        note += f": {meta['best_token']}"
+    return note
 
 
 def _fmt(entry: dict, metric: str) -> str:
@@ -277,12 +295,7 @@ def write_study_report(out: Path, results: dict, meta: dict) -> None:
     for name, e in results.items():
         seeds = ", ".join(f"{v:.1f}" for v in e["top1_seeds"])
         val = [r["val_top1"] for r in meta["per_seed"][name].values() if "val_top1" in r]
-        note = STUDY_NOTES.get(name, "")
-        long = plan.get("long_pretrain_epochs", 0)
-        if long and name in (f"ssl_e{long}", f"dtg_e{long}"):
-            note = f"{name.split('_')[0].replace('dtg', 'dtg_adaptive')}'s recipe, pre-trained {long} epochs"
-        if name == "dtg_best_fixed":
-            note += f": {meta['best_fixed']}"
+        note = _note(name, meta)
         val_cell = f"{100 * np.mean(val):.1f}" if val else "–"  # teacher kNN entries have no val run
         share = None if name.startswith("teacher_knn_") else label_gap_share(results, name)
         share_cell = "–" if share is None else f"{share:.0f} %"
@@ -299,6 +312,25 @@ def write_study_report(out: Path, results: dict, meta: dict) -> None:
                   f"TSN: UCF101 about 0.85, HMDB51 about 0.70, Something-Something v2 about 0.25-0.35; the ucf_like "
                   f"design is calibrated into [{lo:.2f}, {hi:.2f}]"
                   + (" (in range)." if ratio["in_range"] else " (outside it).")]
+    probed = [n for n, e in results.items() if "attentive_probe_mean" in e and "linear_probe_mean" in e]
+    if probed:
+        lines += ["", "## Frozen students: linear and attentive probes", "",
+                  "The pre-trained student frozen, a probe trained on every training video's label, test top-1 "
+                  "(%), as `dtgnet eval --protocol linear|attentive` scores it: logistic regression on the pooled "
+                  "feature (linear), V-JEPA's cross-attention pooling over the tokens then a linear layer "
+                  "(attentive).", "",
+                  "| entry | linear probe | attentive probe | attentive - linear (mean of seeds) |", "|---|---|---|---|"]
+        lines += [f"| {n} | {_fmt(results[n], 'linear_probe')} | {_fmt(results[n], 'attentive_probe')} | "
+                  f"{results[n]['attentive_probe_mean'] - results[n]['linear_probe_mean']:+.1f} |" for n in probed]
+    timed = {}
+    for stage, seconds in meta["stage_seconds"].items():
+        name, _, seed = stage.rpartition("_s")
+        if name in results and seed.isdigit():
+            timed.setdefault(name, []).append(seconds)
+    if timed:
+        lines += ["", "## Wall time per entry", "", "Seconds per seed (pre-training, fine-tuning and scoring "
+                  "together), mean over the seeds run.", "", "| entry | seconds per seed | seeds |", "|---|---|---|"]
+        lines += [f"| {n} | {np.mean(ts):.0f} | {len(ts)} |" for n, ts in timed.items()]
     if meta["grid_val_top1"]:
         lines += ["", "## Teacher-weight grid (chosen on val)", "",
                   "| (imagenet, action) | entry | val top-1 (mean) | test top-1 |", "|---|---|---|---|"]

@@ -17,6 +17,11 @@ def fraction_name(kind: str, fraction: float) -> str:
     return f"{kind}_1of{round(1 / fraction):d}"
 
 
+def token_name(ratio: float) -> str:
+    """``vit_token_m75``: masked token distillation alone at a mask ratio of 0.75."""
+    return f"vit_token_m{round(100 * ratio):d}"
+
+
 def summarise(values: list[float]) -> tuple[float, list[float]]:
     """Mean and two-sided 95 % Student-t confidence interval of the mean (a single value: a zero-width one)."""
     from scipy.stats import t
@@ -29,10 +34,15 @@ def summarise(values: list[float]) -> tuple[float, list[float]]:
     return m, [m - half, m + half]
 
 
+PROBES = ("linear_probe", "attentive_probe")
+"""Frozen-student probe scores some entries carry (the pre-trained ViTs)."""
+
+
 def entry_stats(seeds: dict[str, dict]) -> dict:
-    """``{seed: {"top1", "knn", "r1"}}`` (fractions) -> study.json's shape, in percent."""
+    """``{seed: {"top1", "knn", "r1"[, probes]}}`` (fractions) -> study.json's shape, in percent."""
     out = {}
-    for metric in ("top1", "knn", "r1"):
+    probes = [p for p in PROBES if all(p in r for r in seeds.values())]
+    for metric in ("top1", "knn", "r1", *probes):
         values = [100 * seeds[s][metric] for s in sorted(seeds, key=int)]
         m, ci = summarise(values)
         out.update({f"{metric}_mean": round(m, 2), f"{metric}_ci95": [round(ci[0], 2), round(ci[1], 2)],
@@ -50,18 +60,19 @@ def best_on_val(per_seed: dict[str, dict[str, dict]], names: list[str]) -> tuple
     return max(names, key=lambda n: val[n]), val
 
 
-def seed_differences(study: dict, a: str, b: str, metric: str = "top1") -> list[float]:
+def seed_differences(study: dict, a: str, b: str, metric: str = "top1", metric_b: str | None = None) -> list[float]:
     """The per-seed differences ``a - b`` (points) over the seeds both have (the entries of a seed share its
-    labelled videos and initial draw). A single-run entry (a teacher's kNN) is compared with every seed of the
-    other."""
-    xs, ys = study[a][f"{metric}_seeds"], study[b][f"{metric}_seeds"]
+    labelled videos and initial draw); ``metric_b``: b's metric, when it differs (one entry's two probes). A
+    single-run entry (a teacher's kNN) is compared with every seed of the other."""
+    xs, ys = study[a][f"{metric}_seeds"], study[b][f"{metric_b or metric}_seeds"]
     ys = ys * len(xs) if len(ys) == 1 else ys
     return [x - y for x, y in zip(xs, ys)]
 
 
-def paired(study: dict, a: str, b: str, metric: str = "top1") -> tuple[float, list[float], int]:
+def paired(study: dict, a: str, b: str, metric: str = "top1", metric_b: str | None = None
+           ) -> tuple[float, list[float], int]:
     """Mean and 95 % interval of :func:`seed_differences`, and how many seeds that is."""
-    diffs = seed_differences(study, a, b, metric)
+    diffs = seed_differences(study, a, b, metric, metric_b)
     m, ci = summarise(diffs)
     return m, ci, len(diffs)
 
@@ -85,10 +96,12 @@ def check_targets(study: dict, dtg: str | None, supervised: str | None = "superv
     whose entries the study did not run is left out. One seed (an interim report) meets no positive margin:
     it has no interval."""
 
-    def target(text: str, a: str | None, b: str | None, margin: float, metric: str = "top1") -> dict | None:
-        if a not in study or b not in study:
+    def target(text: str, a: str | None, b: str | None, margin: float, metric: str = "top1",
+               metric_b: str | None = None) -> dict | None:
+        if a not in study or b not in study or f"{metric}_seeds" not in study[a] or \
+                f"{metric_b or metric}_seeds" not in study[b]:
             return None
-        gap, ci, n = paired(study, a, b, metric)
+        gap, ci, n = paired(study, a, b, metric, metric_b)
         met = gap >= margin and (margin <= 0 or (n >= 2 and ci[0] > 0))  # one seed has no interval
         return {"target": text, "gap": round(gap, 2), "margin": margin, "met": bool(met), "seeds": n,
                 "paired_ci95": [round(ci[0], 2), round(ci[1], 2)]}
@@ -113,7 +126,16 @@ def check_targets(study: dict, dtg: str | None, supervised: str | None = "superv
         target("dtg_init >= scratch_init + 5 (an ImageNet-initialised student)", "dtg_init", "scratch_init", 5),
         target("dtg_init >= ssl_init + 3 (an ImageNet-initialised student)", "dtg_init", "ssl_init", 3),
         target(f"dtg_init kNN >= the best teacher's kNN ({best_teacher})", "dtg_init", best_teacher, 0, "knn"),
+        target("vit_dtg_token >= vit_dtg + 5 (masked token distillation added)", "vit_dtg_token", "vit_dtg", 5),
     ]
+    tokens = [n for n in ("vit_token", "vit_dtg_token") if n in study]
+    if tokens:
+        best_token = max(tokens, key=lambda n: study[n]["knn_mean"])
+        out.append(target(f"{best_token} kNN >= the best teacher's kNN ({best_teacher}) + 5 (the best token "
+                          f"entry)", best_token, best_teacher, 5, "knn"))
+    out += [target(f"{n}: attentive probe >= linear probe + 3", n, n, 3, "attentive_probe", "linear_probe")
+            for n in ("vit_ssl", "vit_dtg", "vit_token", "vit_dtg_token")]
+
     return [t for t in out if t is not None]
 
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import Config, load_config, validate
+from ..config import Config, TeacherConfig, load_config, validate
 from ..data.lists import load_split
 from ..data.prepare import prepare, prepared_size
 from ..data.synth import design_preset, generate
@@ -63,11 +63,16 @@ from .stats import (
     entry_stats,
     fraction_name,
     grid_name,
+    token_name,
 )
 
 TEACHERS = ("imagenet", "action")
 VIT_STUDENT = ("student.arch=vit_t", "student.patch_size=8", "student.tubelet=2")
 """The ViT pair's student: ViT-Ti, 2x8x8 tubelets (2 x 4 x 4 tokens at the study's 4 frames of 32x32)."""
+TOKENS_ALONE = ("loss.token_weight=1", "loss.clip_weight=0", "loss.self_weight=0")
+"""UMT's objective: masked token distillation, no clip-level term."""
+DTG_TOKEN = ("loss.token_weight=1", "student.mask_ratio=0.75")
+"""The paper's clip-level terms and masked token distillation together, at UMT's share of hidden tubelets."""
 INIT_STUDENT = ("student.arch=tsn", "student.backbone=efficientnet_lite0", "student.init_from=bundled",
                 "student.temporal_shift=false")
 """The initialised student of ``*_init``: TSN over EfficientNet-Lite0 with the ImageNet teacher's own weights."""
@@ -97,6 +102,9 @@ class StudyPlan:
     ``joint_epochs`` passes over the unlabelled videos at the pre-training batch)."""
     joint_epochs: int = 4
     """Joint epochs (passes over the unlabelled videos) when ``joint_unlabelled``."""
+    token_ratios: tuple[float, ...] = (0.5, 0.75, 0.9)
+    """Mask ratios of the ``vit_token_mNN`` entries (masked token distillation alone, a ViT student);
+    ``vit_token`` is the best of them on val."""
     long_pretrain_epochs: int = 0
     """Also pre-train ``ssl`` and ``dtg_adaptive`` this many epochs (entries ``ssl_eN`` and ``dtg_eN``, headline);
     0 leaves them out. ``dtg_eN`` is one of the DTG variants val chooses among, and the DTG entry is held
@@ -117,6 +125,7 @@ class StudyPlan:
                 "finetune_lr": self.finetune_lr, "finetune_head_lr_scale": self.finetune_head_lr_scale,
                 "joint_unlabelled": self.joint_unlabelled, "joint_epochs": self.joint_epochs,
                 "long_pretrain_epochs": self.long_pretrain_epochs, "overrides": list(self.overrides),
+                "token_ratios": list(self.token_ratios),
                 "design": self.design, "entries": list(self.entries)}
 
     def long_names(self) -> list[str]:
@@ -125,7 +134,7 @@ class StudyPlan:
         return [f"ssl_e{n}", f"dtg_e{n}"] if n else []
 
 
-ADDITIVE_PLAN_KEYS = ("long_pretrain_epochs", "entries")
+ADDITIVE_PLAN_KEYS = ("long_pretrain_epochs", "entries", "token_ratios")
 """Plan fields that only choose entries: a study resumes under a plan that differs from its own in these
 alone, and trains what they add (a calibration run of two entries grows into the whole study)."""
 
@@ -136,7 +145,7 @@ PLANS = {
     "quick": StudyPlan(Sizes("smoke", frames=4, size=32, batch_size=16, pretrain_epochs=1, finetune_epochs=2,
                              single_frame_epochs=2, teacher_input=64, label_fraction=0.5, max_steps=2),
                        seeds=(0, 1), side_seeds=2, full_label_epochs=1, video_fractions=(0.5,), joint_unlabelled=True,
-                       joint_epochs=1, long_pretrain_epochs=2),
+                       joint_epochs=1, long_pretrain_epochs=2, token_ratios=(0.75,)),
     # chosen on val (docs/results, "What was tried"): 16 pre-training epochs over 8; joint training with the
     # DTG term on the unlabelled videos too, 12 passes over them. 64 epochs besides: students pre-trained on
     # 1/8 of the videos for as many steps (128 passes each) beat those of all videos on val
@@ -149,15 +158,18 @@ PLANS = {
 PLANS["ucf_like_full"] = dataclasses.replace(
     PLANS["full"], design="ucf_like", video_fractions=(0.25,),
     entries=("scratch", "ssl", "ssl_e64", "dtg_e64", "supervised", "joint_dtg", "scratch_full", "ssl_1of4",
-             "dtg_1of4", "single_frame", "single_frame_full", "vit_ssl", "vit_dtg", "teacher_knn_imagenet",
-             "teacher_knn_action"))
+             "dtg_1of4", "single_frame", "single_frame_full", "vit_ssl", "vit_dtg", "vit_token_m50", "vit_token_m75",
+             "vit_token_m90", "vit_dtg_token", "dtg_video", "scratch_init", "ssl_init", "dtg_init",
+             "teacher_knn_imagenet", "teacher_knn_action"))
 PLANS["ucf_like_quick"] = dataclasses.replace(  # quick's schedule and its one fraction of the videos, 1/2
     PLANS["quick"], design="ucf_like",
-    entries=tuple(e.replace("_e64", "_e2").replace("_1of4", "_1of2") for e in PLANS["ucf_like_full"].entries))
+    entries=tuple(e.replace("_e64", "_e2").replace("_1of4", "_1of2") for e in PLANS["ucf_like_full"].entries
+                  if e not in ("vit_token_m50", "vit_token_m90")))
 FULL_FINETUNES = {"ssl_full": "ssl", "dtg_full": "dtg_adaptive"}
 """Entries that fine-tune another entry's pre-trained student on 100 % of the labels (one pre-training, two
 fine-tunes)."""
-SIDE_ENTRIES = ("dtg_learned", "single_frame", "vit_ssl", "vit_dtg", "scratch_init", "ssl_init", "dtg_init")
+SIDE_ENTRIES = ("dtg_learned", "single_frame", "vit_ssl", "vit_dtg", "scratch_init", "ssl_init", "dtg_init",
+                "vit_dtg_token", "dtg_video")
 """Run with ``side_seeds`` seeds, like the weight-grid points."""
 
 
@@ -165,12 +177,14 @@ def all_entry_names(plan: StudyPlan) -> list[str]:
     """Every entry a plan of this shape can have, in table order."""
     fixed = [grid_name(w) for w in plan.grid]
     fewer = [fraction_name(k, f) for f in plan.video_fractions for k in ("ssl", "dtg")]
+    tokens = [token_name(r) for r in plan.token_ratios]
     full = ["scratch_full", "ssl_full", "dtg_full"] if plan.full_label_epochs else []
     single = ["single_frame", "single_frame_full"] if plan.full_label_epochs else ["single_frame"]
     long = plan.long_names()
     return (["scratch", "ssl", *long[:1], *fixed[:3], "dtg_best_fixed", *fixed[3:], "dtg_learned", "dtg_adaptive",
-             *long[1:], "supervised", "joint_dtg", *full, *fewer, *single, "vit_ssl", "vit_dtg", "scratch_init",
-             "ssl_init", "dtg_init"]
+             *long[1:], "supervised", "joint_dtg", *full, *fewer, *single, "vit_ssl", "vit_dtg",
+             *tokens, "vit_token", "vit_dtg_token",
+             *(["dtg_video"] if long else []), "scratch_init", "ssl_init", "dtg_init"]
             + [f"teacher_knn_{t}" for t in TEACHERS])
 
 
@@ -185,6 +199,8 @@ def entry_names(plan: StudyPlan) -> list[str]:
     chosen = set(plan.entries)
     if chosen & {grid_name(w) for w in plan.grid}:
         chosen.add("dtg_best_fixed")
+    if chosen & {token_name(r) for r in plan.token_ratios}:
+        chosen.add("vit_token")
     for derived, source in FULL_FINETUNES.items():
         if derived in chosen:
             chosen.add(source)
@@ -314,22 +330,31 @@ class Study:
         self._tidy(cfg)
         return {**rep, "top1": cls["test"], "val_top1": cls["val"]}
 
-    def _tidy(self, cfg: Config) -> None:
-        """Keep a run's logs and config; its checkpoints and weights are not needed once it is scored."""
+    def _tidy(self, cfg: Config, keep_student: bool = False) -> None:
+        """Keep a run's logs and config; its checkpoints and weights are not needed once it is scored (unless
+        ``keep_student``: a later entry's teacher)."""
         run = Path(cfg.run.out)
         shutil.rmtree(run / "checkpoints", ignore_errors=True)
-        (run / "student.safetensors").unlink(missing_ok=True)
+        if not keep_student:
+            (run / "student.safetensors").unlink(missing_ok=True)
 
     def pretrain_entry(self, name: str, seed: int, teachers, weighting: str = "fixed",
                        student: tuple[str, ...] = (), all_labels: bool = False, video_fraction: float = 1.0,
-                       epochs: int = 0) -> dict:
-        """Pre-train (on ``video_fraction`` of the training videos; ``epochs``: other than the plan's),
-        score the label-free representation, fine-tune on 10 % of the labels (and, ``all_labels``, on
-        100 %: ``full_top1``, ``full_val_top1``)."""
+                       epochs: int = 0, pretrain: tuple[str, ...] = (), online: bool = False,
+                       probes: bool = False) -> dict:
+        """Pre-train (on ``video_fraction`` of the training videos; ``epochs``: other than the plan's;
+        ``pretrain``: overrides of the pre-training config; ``online``: teachers run online, not from the
+        cache), score the label-free representation (``probes``: also the linear and attentive probes on the
+        frozen student), fine-tune on 10 % of the labels (and, ``all_labels``, on 100 %: ``full_top1``,
+        ``full_val_top1``)."""
         base = self.base(seed, student)
+        if online:
+            base.run.teacher_cache_dir = ""
         pre = pretrain_config(base, self.runs, f"{name}_s{seed}_pretrain", teachers, self.sizes)
         pre.loss.weighting = weighting
         pre.optim.epochs = epochs or pre.optim.epochs
+        if pretrain:
+            pre = load_config(None, list(pretrain), base=pre)
         if video_fraction < 1:  # fewer videos, as many steps: the entries differ in data, not in compute
             subset, kept, every = self._video_subset(seed, video_fraction)
             pre.data.train_list = str(subset)
@@ -339,6 +364,8 @@ class Study:
         metrics = self._train(pre, "pretrain")
         weights = str(Path(pre.run.out) / "student.safetensors")
         rep = self._representation(self._trained(pre), base)  # label-free; every training video is the gallery
+        if probes:
+            rep.update(self._probes(self._trained(pre), base))
         record = {**self._scored(self._finetune(base, f"{name}_s{seed}_finetune", weights)), **rep,
                   "teacher_weights": metrics.get("teacher_weights"), "pretrain_loss": metrics.get("final_loss")}
         if all_labels:
@@ -346,8 +373,24 @@ class Study:
             scores = self._classification(self._trained(full), full)
             self._tidy(full)
             record.update(full_top1=scores["test"], full_val_top1=scores["val"])
-        self._tidy(pre)
+        keep = [name] == self.plan.long_names()[1:] and "dtg_video" in entry_names(self.plan)
+        self._tidy(pre, keep_student=keep)
         return record
+
+    def video_teacher(self, seed: int) -> TeacherConfig:
+        """``dtg_video``'s video teacher: the student ``dtg_eN`` pre-trained from the same seed (kept after
+        that entry was scored)."""
+        name = self.plan.long_names()[1]
+        path = self.runs / f"{name}_s{seed}_pretrain" / "student.safetensors"
+        if not path.is_file():
+            raise DtgError(f"{path}: dtg_video's video teacher is missing (the {name} entry of seed {seed} keeps "
+                           f"it); delete records/{name}_s{seed}.json to train it again")
+        return TeacherConfig("video", "student", str(path))
+
+    def _probes(self, model, cfg: Config) -> dict:
+        """Linear and attentive probes on the frozen student (every training label, test split), as
+        ``dtgnet eval --protocol linear|attentive`` scores it."""
+        return {f"{p}_probe": evaluate_model(model, cfg, p, self.device)["top1"] for p in ("linear", "attentive")}
 
     def _video_subset(self, seed: int, fraction: float) -> tuple[Path, int, int]:
         """A training list of ``fraction`` of every class's videos, drawn with ``seed``, and its and the full
@@ -431,9 +474,16 @@ class Study:
             **fewer,
             "single_frame": lambda: self.scratch_entry("single_frame", seed, frames=1),
             "single_frame_full": lambda: self.scratch_entry("single_frame_full", seed, frames=1, all_labels=True),
-            "vit_ssl": lambda: self.pretrain_entry("vit_ssl", seed, [], student=VIT_STUDENT),
+            "vit_ssl": lambda: self.pretrain_entry("vit_ssl", seed, [], student=VIT_STUDENT, probes=True),
             "vit_dtg": lambda: self.pretrain_entry("vit_dtg", seed, synth_teachers(s, action), "adaptive",
-                                                   student=VIT_STUDENT),
+                                                   student=VIT_STUDENT, probes=True),
+            **{token_name(r): (lambda r=r: self.pretrain_entry(
+                token_name(r), seed, synth_teachers(s, action), "adaptive", student=VIT_STUDENT,
+                pretrain=(*TOKENS_ALONE, f"student.mask_ratio={r}"), online=True, probes=True))
+               for r in plan.token_ratios},
+            "vit_dtg_token": lambda: self.pretrain_entry("vit_dtg_token", seed, synth_teachers(s, action), "adaptive",
+                                                         student=VIT_STUDENT, pretrain=DTG_TOKEN, online=True,
+                                                         probes=True),
             # one ImageNet-initialised student fine-tuned directly, after SSL and after DTG
             "scratch_init": lambda: self.scratch_entry("scratch_init", seed, student=INIT_STUDENT),
             "ssl_init": lambda: self.pretrain_entry("ssl_init", seed, [], student=INIT_STUDENT),
@@ -447,8 +497,12 @@ class Study:
             jobs[ssl_long] = lambda: self.pretrain_entry(ssl_long, seed, [], epochs=plan.long_pretrain_epochs)
             jobs[dtg_long] = lambda: self.pretrain_entry(dtg_long, seed, synth_teachers(s, action), "adaptive",
                                                          epochs=plan.long_pretrain_epochs)
+            # MVD's co-teaching: the image teachers (online beside it) and a video teacher, the student that
+            # dtg_eN pre-trained from the same seed (after it: it needs that student)
+            jobs["dtg_video"] = lambda: self.pretrain_entry(
+                "dtg_video", seed, [*synth_teachers(s, action), self.video_teacher(seed)], "adaptive", online=True)
         jobs = {name: job for name, job in jobs.items() if name in names}  # the plan's (no full labels: fewer)
-        side = {grid_name(w) for w in plan.grid} | set(SIDE_ENTRIES)
+        side = {grid_name(w) for w in plan.grid} | {token_name(r) for r in plan.token_ratios} | set(SIDE_ENTRIES)
         if seed not in plan.seeds[:plan.side_seeds]:
             jobs = {name: job for name, job in jobs.items() if name not in side}
         return jobs
@@ -472,7 +526,8 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
         if not stored.is_file():
             raise DtgError(f"{out}: no study to {'report on' if interim else 'resume'} (no records/plan.json)")
         # a plan written before a field existed had that field's default
-        old = {"design": StudyPlan.design, "entries": [], **json.loads(stored.read_text())}
+        old = {"design": StudyPlan.design, "entries": [], "token_ratios": list(StudyPlan.token_ratios),
+               **json.loads(stored.read_text())}
         new = json.loads(json.dumps(plan.describe()))
         if {k: v for k, v in old.items() if k not in ADDITIVE_PLAN_KEYS} != {
                 k: v for k, v in new.items() if k not in ADDITIVE_PLAN_KEYS}:
@@ -522,6 +577,9 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
     best_fixed, grid_val = best(grid)
     if best_fixed:
         per_seed["dtg_best_fixed"] = per_seed[best_fixed]
+    best_token, token_val = best([token_name(r) for r in plan.token_ratios])
+    if best_token:
+        per_seed["vit_token"] = per_seed[best_token]
     dtg, dtg_val = best(grid + ["dtg_learned", "dtg_adaptive", *plan.long_names()[1:]])
     ssl, _ = best(["ssl", *plan.long_names()[:1]])
     # joint training is held against supervised training with the same labels at its best: the fine-tune
@@ -539,6 +597,7 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
         "data": {"design": plan.design, **{k: study.synth[k] for k in ("preset", "classes", "videos", "stills")}},
         "action_teacher": {k: study.action[k] for k in ("train_acc", "val_acc")},
         "best_fixed": best_fixed, "grid_val_top1": grid_val, "dtg": dtg, "dtg_val_top1": dtg_val,
+        "best_token": best_token, "token_val_top1": token_val,
         "supervised_baseline": supervised, "ssl_baseline": ssl, "targets": check_targets(results, dtg, supervised, ssl),
         "appearance_ratio": appearance_ratio(results),
         "per_seed": per_seed,

@@ -119,7 +119,8 @@ def test_entry_names_cover_the_issue():
               "dtg_adaptive", "supervised", "joint_dtg", "single_frame", "teacher_knn_imagenet",
               "teacher_knn_action", "vit_ssl", "vit_dtg", "scratch_full", "ssl_full", "dtg_full", "ssl_1of8",
               "dtg_1of8", "ssl_1of4", "dtg_1of4", "ssl_1of2", "dtg_1of2", "ssl_e64", "dtg_e64", "single_frame_full",
-              "scratch_init", "ssl_init", "dtg_init"):
+              "scratch_init", "ssl_init", "dtg_init", "vit_token_m50", "vit_token_m75", "vit_token_m90", "vit_token",
+              "vit_dtg_token", "dtg_video"):
         assert n in names
     assert len(set(names)) == len(names)
     assert "dtg_e64" not in entry_names(dataclasses.replace(PLANS["full"], long_pretrain_epochs=0))
@@ -175,8 +176,10 @@ def test_quick_study_writes_every_entry(quick_study):
         hits = percent * n_test / 100
         return 0 <= percent <= 100 and abs(hits - round(hits)) <= 0.005 * n_test / 100 + 1e-9
 
+    probed = {"vit_ssl", "vit_dtg", "vit_token_m75", "vit_token", "vit_dtg_token"}
+    probe_keys = [f"{p}_{k}" for p in ("linear_probe", "attentive_probe") for k in ("mean", "ci95", "seeds")]
     for name, e in study.items():
-        assert sorted(e) == sorted(KEYS), name
+        assert sorted(e) == sorted(KEYS + (probe_keys if name in probed else [])), name
         n = 1 if name.startswith("teacher_knn_") else len(PLANS["quick"].seeds)
         for metric in ("top1", "knn", "r1"):
             seeds, (lo, hi) = e[f"{metric}_seeds"], e[f"{metric}_ci95"]
@@ -185,10 +188,16 @@ def test_quick_study_writes_every_entry(quick_study):
     meta = json.loads((out / "runs.json").read_text())
     assert study["dtg_best_fixed"] == study[meta["best_fixed"]]
     assert meta["best_fixed"] == max(meta["grid_val_top1"], key=meta["grid_val_top1"].get)
-    assert len(meta["targets"]) == 11 and meta["command"].startswith("dtgnet study --quick")
+    assert study["vit_token"] == study[meta["best_token"]] and meta["best_token"] == "vit_token_m75"
+    assert len(meta["targets"]) == 17 and meta["command"].startswith("dtgnet study --quick")
+    # dtg_video's teacher, dtg_e2's student, outlives its scoring; the other students do not
+    kept = {p.parent.name for p in out.glob("runs/*/student.safetensors")}
+    assert kept == {"dtg_e2_s0_pretrain", "dtg_e2_s1_pretrain"}
     md = (out / "study.md").read_text()
     for text in ("Command: `dtgnet study --quick", "Machine:", "Wall time:", "| dtg_adaptive |",
-                 "Teacher-weight grid", "(chosen)", "## Data efficiency", "## Targets", "| scratch_full |"):
+                 "Teacher-weight grid", "(chosen)", "## Data efficiency", "## Targets", "| scratch_full |",
+                 "## Frozen students: linear and attentive probes", "| vit_dtg_token |", "## Wall time per entry",
+                 "| dtg_video |", "best vit_token_mNN on val: vit_token_m75"):
         assert text in md
     assert (out / "study.png").stat().st_size > 5000 and (out / "study_efficiency.png").stat().st_size > 5000
     assert len(list((out / "lists").glob("train_videos_1of2_s*.txt"))) == 2

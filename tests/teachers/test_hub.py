@@ -138,6 +138,10 @@ def test_open_clip_teacher_gives_the_projected_embedding(hub):
     frames = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(t.embed_frames(frames), ref.encode_image(normalised(t, frames)))
+        ref.visual.output_tokens = True
+        patches = ref.visual(normalised(t, frames))[1]  # (N, 16, width 64): the tower's patch tokens
+    torch.testing.assert_close(t.token_maps(frames), patches.transpose(1, 2).unflatten(2, (4, 4)))
+    assert t.token_dim == 64 and not t.encoder.model.visual.output_tokens  # the embedding path is left as it was
     with pytest.raises(ConfigError, match="teachers.model"):
         build_teacher(TeacherConfig(name="x", source="open_clip", model="No-Such-Model"))
     broken = hub / "broken-clip.json"
@@ -240,6 +244,8 @@ def test_hf_dinov2_teacher_cls_or_mean_patch(hub):
         tokens = ref(pixel_values=normalised(cls, frames)).last_hidden_state  # (N, 1 + 16, 32)
         torch.testing.assert_close(cls.embed_frames(frames), tokens[:, 0])
         torch.testing.assert_close(mean.embed_frames(frames), tokens[:, 1:].mean(1))
+        # token distillation: the patch tokens on their 4x4 grid, the class token dropped
+        torch.testing.assert_close(cls.token_maps(frames), tokens[:, 1:].transpose(1, 2).unflatten(2, (4, 4)))
     with pytest.raises(ConfigError, match="no image projection"):
         build_teacher(TeacherConfig(name="x", source="hf", model=source, embedding="projected"))
     with pytest.raises(ConfigError, match="no text tower"):
