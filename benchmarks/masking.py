@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from micro_batch import one_setting  # noqa: E402  (the same measurement, in the same kind of process)
+from micro_batch import one_setting, student_overrides, write_videos  # noqa: E402  (the same measurement)
 
 OBJECTIVES = {"student only": ["teachers=[]"], "clip DTG": [], "clip DTG + tokens": ["loss.token_weight=1"]}
 
@@ -46,16 +46,10 @@ def main(argv=None) -> dict:
     if args.child:
         print(json.dumps(one_setting(args.child[0], json.loads(args.child[1]), args.steps)))
         return {}
-    from dtgnet.data.synth import SynthPreset, generate
-
-    common = [f"student.arch={args.arch}", f"data.frames={args.frames}", f"data.size={args.size}",
-              f"optim.batch_size={args.batch}", "student.patch_size=16", "student.tubelet=2",
-              "student.temporal_shift=false"]
+    common = student_overrides(args)
     results: dict[str, dict[str, dict]] = {}
     with tempfile.TemporaryDirectory() as work:
-        generate(work, SynthPreset(pairs=2, train_per_class=max(2, args.batch * args.steps // 4 + 1),
-                                   val_per_class=1, test_per_class=1, stills_per_class=1, frames=args.frames,
-                                   size=64), progress=False)
+        write_videos(work, args)
         for objective in args.objectives:
             rows = results[objective] = {}
             for ratio in args.ratios:

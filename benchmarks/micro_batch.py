@@ -89,6 +89,21 @@ def gradient_distance(data: str, overrides: list[str], micro: int) -> dict:
             "cosine": float(torch.nn.functional.cosine_similarity(cached, whole, dim=0))}
 
 
+def student_overrides(args) -> list[str]:
+    """The measured student, frames and batch (``--arch``, ``--frames``, ``--size``, ``--batch``)."""
+    return [f"student.arch={args.arch}", f"data.frames={args.frames}", f"data.size={args.size}",
+            f"optim.batch_size={args.batch}", "student.patch_size=16", "student.tubelet=2",
+            "student.temporal_shift=false"]
+
+
+def write_videos(work: str, args) -> None:
+    """Enough SynthActions videos under ``work`` for ``--steps`` batches of ``--batch``."""
+    from dtgnet.data.synth import SynthPreset, generate
+
+    generate(work, SynthPreset(pairs=2, train_per_class=max(2, args.batch * args.steps // 4 + 1), val_per_class=1,
+                               test_per_class=1, stills_per_class=1, frames=args.frames, size=64), progress=False)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=16)
@@ -110,11 +125,7 @@ def main(argv=None) -> dict:
     if args.child_compare:
         print(json.dumps(gradient_distance(args.child_compare[0], json.loads(args.child_compare[1]), args.micro)))
         return {}
-    from dtgnet.data.synth import SynthPreset, generate
-
-    common = [f"student.arch={args.arch}", f"data.frames={args.frames}", f"data.size={args.size}",
-              f"optim.batch_size={args.batch}", "student.patch_size=16", "student.tubelet=2",
-              "student.temporal_shift=false"]
+    common = student_overrides(args)
     results, distances = {}, {}
 
     def child(flag: str, work: str, overrides: list[str]) -> dict:
@@ -125,9 +136,7 @@ def main(argv=None) -> dict:
         return json.loads(run.stdout.strip().splitlines()[-1])
 
     with tempfile.TemporaryDirectory() as work:
-        generate(work, SynthPreset(pairs=2, train_per_class=max(2, args.batch * args.steps // 4 + 1),
-                                   val_per_class=1, test_per_class=1, stills_per_class=1, frames=args.frames,
-                                   size=64), progress=False)
+        write_videos(work, args)
         for name, extra in SETTINGS.items():
             results[name] = r = child("--child", work, common + [e.format(micro=args.micro) for e in extra])
             print(f"{name:28s} step {r['step_s']:6.2f} s   peak RSS {r['peak_rss_mib']:6d} MiB   "
