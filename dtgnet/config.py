@@ -6,6 +6,7 @@ the CLI turns it into one line on stderr and exit status 2.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import typing
 from dataclasses import dataclass, field
@@ -479,6 +480,19 @@ def build_section(cls, values: dict, prefix: str = ""):
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def same_config(previous: dict | None, current: dict) -> bool:
+    """Whether a run saved with config ``previous`` is the run ``current`` describes: equal once the keys a
+    later version added take their defaults in ``previous`` (new options default to the old behaviour, so
+    a run started before an upgrade resumes after it)."""
+    if previous is None:
+        return False
+    try:
+        filled = to_dict(build_section(Config, previous))
+    except (ConfigError, TypeError):  # a key this version no longer has
+        return False
+    return json.dumps(filled, sort_keys=True, default=str) == json.dumps(current, sort_keys=True, default=str)
 
 
 def _set_dotted(tree: dict, key: str, value) -> None:

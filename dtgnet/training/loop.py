@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from ..config import Config, labelled_per_batch, save_config, to_dict
+from ..config import Config, labelled_per_batch, same_config, save_config, to_dict
 from ..data.dataset import VideoDataset, collate_views, finish_views, stratified_subset
 from ..data.lists import VideoList, load_split
 from ..data.prepare import reader_for
@@ -395,7 +395,8 @@ class Trainer:
         if skipped and self.dist.main:
             print(f"dtgnet: warning: resuming from {path}, the newest readable checkpoint; passed over: "
                   f"{'; '.join(skipped)}", file=sys.stderr)
-        if ckpt.get("config_hash") != config_hash(to_dict(self.cfg)):
+        if ckpt.get("config_hash") != config_hash(to_dict(self.cfg)) and not same_config(
+                ckpt.get("meta", {}).get("config"), to_dict(self.cfg)):
             raise CheckpointError(f"{self.out}: the config differs from the one the run started with; "
                                   f"resume with the run's own config.yaml")
         self.model.load_state_dict(ckpt["model"])

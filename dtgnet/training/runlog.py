@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from ..config import same_config
 from ..errors import DtgError
 
 RESUME_MODES = ("never", "always", "auto")
@@ -121,8 +122,7 @@ class RunDir:
         if previous is None:
             raise RunDirError(f"{self.path}: not empty and not a run directory (no readable config.yaml); "
                               f"refusing to clear it for --resume auto")
-        if config is not None and json.dumps(previous, sort_keys=True, default=str) != \
-                json.dumps(config, sort_keys=True, default=str):
+        if config is not None and not same_config(previous, config):
             raise RunDirError(f"{self.path}: holds a run with a different config; resume it with its own "
                               f"config.yaml or choose another run.out")
 

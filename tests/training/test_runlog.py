@@ -88,3 +88,36 @@ def test_resume_auto_starts_fresh_resumes_or_refuses(tiny_synth, tmp_path, capsy
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
+
+
+def test_a_run_saved_before_an_option_existed_resumes_after_the_upgrade(tiny_synth, tmp_path, capsys):
+    """A run's config.yaml and checkpoint written by a version without some options (here: token distillation's)
+    resume under this version, whose defaults for them are the old behaviour; a changed value is still refused."""
+    import yaml
+
+    from dtgnet.training.checkpoint import config_hash
+
+    out = tmp_path / "old"
+    args = tiny_overrides(tiny_synth, out, **{"optim.max_steps": 1, "optim.epochs": 2})
+    assert main(["pretrain", *args, "--no-progress"]) == 0
+
+    def older(config: dict) -> dict:
+        for key in ("token_weight", "token_form", "clip_weight"):
+            del config["loss"][key]
+        del config["student"]["mask_ratio"]
+        return config
+
+    saved = out / "config.yaml"
+    saved.write_text(yaml.safe_dump(older(yaml.safe_load(saved.read_text())), sort_keys=False))
+    last = out / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=False)
+    ckpt["meta"]["config"] = older(ckpt["meta"]["config"])
+    ckpt["config_hash"] = config_hash(ckpt["meta"]["config"])
+    torch.save(ckpt, last)
+    for sidecar in last.parent.glob("last.pt.*"):  # its checksum no longer matches the rewritten file
+        sidecar.unlink()
+    longer = tiny_overrides(tiny_synth, out, **{"optim.max_steps": 2, "optim.epochs": 2})
+    assert main(["pretrain", *longer, "--resume", "auto", "--no-progress"]) == 2  # max_steps differs: another run
+    assert "config differs" in capsys.readouterr().err
+    assert main(["pretrain", *args, "--resume", "auto", "--no-progress"]) == 0
+    assert [r["step"] for r in read_log(out / "log.jsonl") if r.get("event") == "resume"] == [1]
