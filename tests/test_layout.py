@@ -118,7 +118,7 @@ def test_the_registries_know_every_builtin():
                                             "timm", "open_clip", "hf", "torchvision_video", "hf_video", "student"}
     assert set(STUDENTS.names()) == {"tsn_r18", "r3d_18", "r2plus1d_18", "s3d", "mvit_v2_s", "swin3d_t", "vit_t",
                                      "vit_s", "vit_b", "tsn"}
-    assert TEACHER_TERMS.names() == ("regression", "relational", "segment")
+    assert TEACHER_TERMS.names() == ("regression", "relational", "segment", "token")
 
 
 def test_the_checks_see_a_violation_and_a_cycle(tmp_path):

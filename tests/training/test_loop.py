@@ -322,9 +322,8 @@ def test_semi_supervised_joint_uses_unlabelled_videos(tiny_synth, tmp_path):
     ("swin3d_t", {}), ("vit_t", {"student.patch_size": 8}), ("vit_s", {"student.patch_size": 8}),
     ("vit_b", {"student.patch_size": 8}),
     ("tsn", {"student.backbone": "efficientnet_lite0", "student.init_from": "bundled", "student.temporal_shift": False}),
-    ("vit_t", {"student.patch_size": 8, "student.checkpointing": True, "optim.micro_batch": 2}),
-    ("vit_t", {"student.patch_size": 8, "student.mask_ratio": 0.5, "loss.token_weight": 1.0,
-               "run.teacher_cache": False})])
+    ("vit_t", {"student.patch_size": 8, "student.checkpointing": True, "optim.micro_batch": 2,
+               "student.mask_ratio": 0.5, "loss.token_weight": 1.0, "run.teacher_cache": False})])
 def test_every_student_trains_in_every_mode_with_the_cache_and_resume_exactly(tiny_synth, tmp_path, arch, extra):
     opts = {"student.arch": arch, "run.teacher_cache": True, "optim.max_steps": 2, "run.checkpoint_every": 1,
             "run.keep_checkpoints": 2, "data.num_workers": 0, **extra}
