@@ -128,6 +128,10 @@ class VideoViT(nn.Module):
         """``(B, N, D)``: every tubelet's output token, normalised (the attentive probe's input)."""
         return self.norm(self._encode(x))
 
+    def draw_visible(self, batch: int, ratio: float, kind: str) -> torch.Tensor:
+        """``(batch, M)`` visible-token indices for :meth:`masked` on this model's grid (:func:`draw_visible`)."""
+        return draw_visible(batch, self.grid, ratio, kind)
+
     def masked(self, x, visible):
         """Masked encoding (:func:`draw_visible`): ``(B, 1 + M, D)``, the pooled feature of the visible tokens
         (as :meth:`forward` pools all) followed by the ``M`` visible tokens, each normalised."""

@@ -38,7 +38,6 @@ from ..io import DiskFullError, load_checkpoint
 from ..objectives import DTGObjective
 from ..objectives.objective import StudentOutputs, TeacherEmbeddings
 from ..students import DTGStudent, build_student, initialise_backbone, save_student_safetensors
-from ..students.vit import draw_visible
 from ..teachers import Teacher, build_teacher
 from ..teachers.cache import build_caches, load_cache
 from .checkpoint import config_hash, load_newest_readable, rng_state, save_rotating, set_rng_state
@@ -476,9 +475,9 @@ class Trainer:
 
     def draw_visible(self, batch: Batch) -> torch.Tensor:
         """``(B, V, M)`` indices of each view's visible tokens (all of them at ``student.mask_ratio`` 0)."""
-        s, backbone = self.cfg.student, self.model.backbone
+        s = self.cfg.student
         views = getattr(self.step_module, "module", self.step_module).view_count()
-        visible = draw_visible(batch.a.shape[0] * views, backbone.grid, s.mask_ratio, s.mask_type)  # (B*V, M)
+        visible = self.model.backbone.draw_visible(batch.a.shape[0] * views, s.mask_ratio, s.mask_type)  # (B*V, M)
         return visible.unflatten(0, (-1, views)).to(self.device)
 
     def teacher_embeddings(self, batch: Batch, per_frame: bool | None = None,
