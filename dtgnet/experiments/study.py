@@ -103,8 +103,8 @@ class StudyPlan:
     joint_epochs: int = 4
     """Joint epochs (passes over the unlabelled videos) when ``joint_unlabelled``."""
     token_ratios: tuple[float, ...] = (0.5, 0.75, 0.9)
-    """Mask ratios of the ``vit_token_mNN`` entries (masked token distillation alone, a ViT student);
-    ``vit_token`` is the best of them on val."""
+    """Mask ratios of the ``vit_token_mNN`` entries (masked token distillation alone, a ViT student), each
+    run on the first seed; the best of them on val there (``vit_token``) runs on the other side seeds too."""
     long_pretrain_epochs: int = 0
     """Also pre-train ``ssl`` and ``dtg_adaptive`` this many epochs (entries ``ssl_eN`` and ``dtg_eN``, headline);
     0 leaves them out. ``dtg_eN`` is one of the DTG variants val chooses among, and the DTG entry is held
@@ -505,7 +505,20 @@ class Study:
         side = {grid_name(w) for w in plan.grid} | {token_name(r) for r in plan.token_ratios} | set(SIDE_ENTRIES)
         if seed not in plan.seeds[:plan.side_seeds]:
             jobs = {name: job for name, job in jobs.items() if name not in side}
+        if seed != plan.seeds[0]:  # the mask ratio is chosen on the first seed: only that one runs again
+            chosen = self.chosen_token_entry()
+            jobs = {name: job for name, job in jobs.items() if not name.startswith("vit_token_m") or name == chosen}
         return jobs
+
+    def chosen_token_entry(self) -> str | None:
+        """The ``vit_token_mNN`` entry with the best val top-1 on the plan's first seed, once every one of them
+        has its record there (None before)."""
+        first, names = self.plan.seeds[0], [token_name(r) for r in self.plan.token_ratios]
+        if not names or not all(self.finished(f"{n}_s{first}") for n in names):
+            return None
+        val = {n: json.loads((self.out / "records" / f"{n}_s{first}.json").read_text())["result"]["val_top1"]
+               for n in names}
+        return max(names, key=val.get)
 
 
 # ------------------------------------------------------------------------------------------ the study

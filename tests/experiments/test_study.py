@@ -345,3 +345,19 @@ def test_ucf_like_quick_study_calibrates_first_then_grows(tmp_path):
     assert list(json.loads((out / "study.json").read_text())) == [
         "scratch", "dtg_e2", "scratch_full", "single_frame_full", "teacher_knn_imagenet"]
     assert "dtg_e2 >= scratch + 15" in run.stdout
+
+
+def test_the_mask_ratio_is_chosen_on_the_first_seed_and_only_it_runs_again(tmp_path):
+    from dtgnet.experiments.study import Study
+
+    plan = dataclasses.replace(PLANS["quick"], side_seeds=2, token_ratios=(0.5, 0.75, 0.9))
+    study = Study(tmp_path, plan, progress=False)
+    study.action = {"path": "action.safetensors"}
+    tokens = {"vit_token_m50", "vit_token_m75", "vit_token_m90"}
+    assert tokens <= set(study._jobs(0)) and not tokens & set(study._jobs(1))  # not chosen yet: none
+    records = tmp_path / "records"
+    records.mkdir()
+    for name, val in (("vit_token_m50", 0.3), ("vit_token_m75", 0.5), ("vit_token_m90", 0.4)):
+        (records / f"{name}_s0.json").write_text(json.dumps({"seconds": 1, "result": {"val_top1": val}}))
+    assert study.chosen_token_entry() == "vit_token_m75"
+    assert tokens & set(study._jobs(1)) == {"vit_token_m75"} and tokens <= set(study._jobs(0))
