@@ -182,11 +182,6 @@ class VideoViT(nn.Module):
             raise CheckpointError(f"{source}: shapes do not match this ViT ({first_line(e)})") from None
 
 
-MASK_KINDS = ("tube", "random")
-"""``student.mask_type``: tube (VideoMAE's: the same patches hidden in every tubelet of a video) or random
-(each tubelet on its own)."""
-
-
 def visible_count(grid: tuple[int, int, int], ratio: float, kind: str) -> int:
     """How many of a ``(T', H', W')`` token grid's tokens stay visible: ``round(ratio * n)`` of ``n`` are masked,
     ``n`` the patches (tube: the whole column through time goes) or all tokens (random)."""
