@@ -298,7 +298,7 @@ def _cmd_teacher_cache(args) -> int:
     from .config import load_config
     from .data.lists import load_split
     from .data.video import get_reader
-    from .teachers.cache import cache_teachers
+    from .teachers.cache import cache_teachers, image_teachers
     from .training import pick_device
 
     cfg = load_config(args.config, args.overrides)
@@ -310,8 +310,12 @@ def _cmd_teacher_cache(args) -> int:
     device = pick_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
     paths, videos = cache_teachers(cfg.teachers, load_split(cfg.data, "train"), cfg.data.frames, cfg.data.size, out,
                                    device, get_reader(cfg.data.reader), **_bulk_options(args))
-    for tc, path in zip(cfg.teachers, paths):
+    cached = image_teachers(cfg.teachers)
+    for tc, path in zip(cached, paths):
         print(f"teacher {tc.name}: {videos} videos -> {path}")
+    for tc in cfg.teachers:
+        if tc not in cached:
+            print(f"teacher {tc.name}: a video teacher, runs online (no per-frame cache)")
     return 0
 
 

@@ -311,9 +311,6 @@ class LossConfig:
         if self.token_weight and not arch.tokens:
             raise ConfigError("loss.token_weight", f"token distillation needs a student made of tokens (vit_t, "
                                                    f"vit_s, vit_b), not {cfg.student.arch}")
-        if self.token_weight and (cfg.run.teacher_cache or cfg.run.teacher_cache_dir):
-            raise ConfigError("loss.token_weight", "teacher tokens are computed online: set run.teacher_cache="
-                                                   "false and run.teacher_cache_dir='' (docs/TEACHERS.md, tokens)")
         if cfg.teachers and not self.clip_heads and not self.token_weight:
             raise ConfigError("loss.clip_weight", "0 with no other teacher term leaves the teachers nothing to "
                                                   "teach; set loss.token_weight or another term's weight")
@@ -374,10 +371,12 @@ class RunConfig:
     teacher_cache: bool = False
     """Embed every frame of the training videos once per teacher and look the embeddings up during training
     instead of running the teachers on every view (much faster; teachers then see clean, un-augmented
-    frames)."""
+    frames). The cache holds the image teachers' clip embeddings: video teachers and teacher tokens
+    (``loss.token_weight``) are computed online beside it."""
     teacher_cache_dir: str = ""
     """Directory written by `dtgnet teacher cache -c CONFIG`: training memory-maps it instead of running the
-    teachers, and refuses it when the teachers, their preprocessing or the videos changed."""
+    teachers (the image ones: see ``teacher_cache``), and refuses it when the teachers, their preprocessing or
+    the videos changed."""
     compile: bool = False
     """Wrap the student in torch.compile."""
     peak_tflops: float = 0.0
@@ -601,12 +600,9 @@ def _in_range(key, value, low, high, low_open=False):
 
 
 def _check_video_teacher(cfg: Config, i: int) -> None:
-    """A video teacher embeds each view whole: nothing per frame to cache or to align segments with."""
+    """A video teacher embeds each view whole: nothing per frame to cache (it runs online beside a cache of
+    the image teachers) or to align segments with."""
     source = cfg.teachers[i].source
-    if cfg.run.teacher_cache or cfg.run.teacher_cache_dir:
-        raise ConfigError(f"teachers.{i}.source", f"{source} is a video teacher: it embeds each view as a whole "
-                                                  f"clip, online only; set run.teacher_cache=false and "
-                                                  f"run.teacher_cache_dir='' (image teachers then run online too)")
     if cfg.loss.segment_weight:
         raise ConfigError("loss.segment_weight", f"teachers.{i} ({source}) embeds whole clips, not one frame "
                                                  f"per segment")

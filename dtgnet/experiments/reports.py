@@ -173,8 +173,8 @@ STUDY_NOTES = {
     "ssl_init": "the same initialised student, pre-trained without teachers, then fine-tuned",
     "dtg_init": "the same initialised student, adaptive DTG with both teachers, then fine-tuned",
     "vit_token": "best vit_token_mNN on val",
-    "vit_dtg_token": "vit_dtg plus masked token distillation (mask 0.75), teachers online",
-    "dtg_video": "dtg's recipe, co-taught by a video teacher (the dtg_eN student of its seed), teachers online",
+    "vit_dtg_token": "vit_dtg plus masked token distillation (mask 0.75), teacher tokens online",
+    "dtg_video": "dtg's recipe, co-taught by a video teacher (the dtg_eN student of its seed, online)",
 }
 
 

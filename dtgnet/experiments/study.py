@@ -340,16 +340,13 @@ class Study:
 
     def pretrain_entry(self, name: str, seed: int, teachers, weighting: str = "fixed",
                        student: tuple[str, ...] = (), all_labels: bool = False, video_fraction: float = 1.0,
-                       epochs: int = 0, pretrain: tuple[str, ...] = (), online: bool = False,
-                       probes: bool = False) -> dict:
+                       epochs: int = 0, pretrain: tuple[str, ...] = (), probes: bool = False) -> dict:
         """Pre-train (on ``video_fraction`` of the training videos; ``epochs``: other than the plan's;
-        ``pretrain``: overrides of the pre-training config; ``online``: teachers run online, not from the
-        cache), score the label-free representation (``probes``: also the linear and attentive probes on the
+        ``pretrain``: overrides of the pre-training config; teacher tokens and video teachers run online beside
+        the image teachers' cache), score the label-free representation (``probes``: also the linear and attentive probes on the
         frozen student), fine-tune on 10 % of the labels (and, ``all_labels``, on 100 %: ``full_top1``,
         ``full_val_top1``)."""
         base = self.base(seed, student)
-        if online:
-            base.run.teacher_cache_dir = ""
         pre = pretrain_config(base, self.runs, f"{name}_s{seed}_pretrain", teachers, self.sizes)
         pre.loss.weighting = weighting
         pre.optim.epochs = epochs or pre.optim.epochs
@@ -479,11 +476,10 @@ class Study:
                                                    student=VIT_STUDENT, probes=True),
             **{token_name(r): (lambda r=r: self.pretrain_entry(
                 token_name(r), seed, synth_teachers(s, action), "adaptive", student=VIT_STUDENT,
-                pretrain=(*TOKENS_ALONE, f"student.mask_ratio={r}"), online=True, probes=True))
+                pretrain=(*TOKENS_ALONE, f"student.mask_ratio={r}"), probes=True))
                for r in plan.token_ratios},
             "vit_dtg_token": lambda: self.pretrain_entry("vit_dtg_token", seed, synth_teachers(s, action), "adaptive",
-                                                         student=VIT_STUDENT, pretrain=DTG_TOKEN, online=True,
-                                                         probes=True),
+                                                         student=VIT_STUDENT, pretrain=DTG_TOKEN, probes=True),
             # one ImageNet-initialised student fine-tuned directly, after SSL and after DTG
             "scratch_init": lambda: self.scratch_entry("scratch_init", seed, student=INIT_STUDENT),
             "ssl_init": lambda: self.pretrain_entry("ssl_init", seed, [], student=INIT_STUDENT),
@@ -497,10 +493,10 @@ class Study:
             jobs[ssl_long] = lambda: self.pretrain_entry(ssl_long, seed, [], epochs=plan.long_pretrain_epochs)
             jobs[dtg_long] = lambda: self.pretrain_entry(dtg_long, seed, synth_teachers(s, action), "adaptive",
                                                          epochs=plan.long_pretrain_epochs)
-            # MVD's co-teaching: the image teachers (online beside it) and a video teacher, the student that
-            # dtg_eN pre-trained from the same seed (after it: it needs that student)
+            # MVD's co-teaching: the image teachers (from the cache) and a video teacher (online), the student
+            # that dtg_eN pre-trained from the same seed (after it: it needs that student)
             jobs["dtg_video"] = lambda: self.pretrain_entry(
-                "dtg_video", seed, [*synth_teachers(s, action), self.video_teacher(seed)], "adaptive", online=True)
+                "dtg_video", seed, [*synth_teachers(s, action), self.video_teacher(seed)], "adaptive")
         jobs = {name: job for name, job in jobs.items() if name in names}  # the plan's (no full labels: fewer)
         side = {grid_name(w) for w in plan.grid} | {token_name(r) for r in plan.token_ratios} | set(SIDE_ENTRIES)
         if seed not in plan.seeds[:plan.side_seeds]:

@@ -293,14 +293,20 @@ def load_cache(teacher: Teacher, teacher_cfg, dataset: VideoDataset, cache_dir) 
     return TeacherCache(per_video, index["embed_dim"], per_stride)
 
 
+def image_teachers(teacher_cfgs) -> list:
+    """The teacher configs a per-frame cache holds: the image teachers (video teachers run online)."""
+    return [tc for i, tc in enumerate(teacher_cfgs) if not TEACHER_SOURCES.get(tc.source, f"teachers.{i}.source").video]
+
+
 def cache_teachers(teacher_cfgs, videos, frames: int, size: int, out_dir, device, reader, **options) -> tuple[list[Path], int]:
     """``dtgnet teacher cache``: build each configured teacher and embed every frame of ``videos`` (a training
     :class:`~dtgnet.data.lists.VideoList`) read by ``reader``, which must be a source reader: the teachers see
-    the original frames, never a prepared copy. Returns (one file per teacher, the number of videos)."""
-    for i, tc in enumerate(teacher_cfgs):
-        if TEACHER_SOURCES.get(tc.source, f"teachers.{i}.source").video:
-            raise ConfigError(f"teachers.{i}.source", f"{tc.source} is a video teacher: it embeds each view as "
-                                                      f"a whole clip, online, and has no per-frame cache")
+    the original frames, never a prepared copy. Video teachers have no per-frame cache (they run online):
+    they are left out. Returns (one file per image teacher, in order, the number of videos)."""
+    teacher_cfgs = image_teachers(teacher_cfgs)
+    if not teacher_cfgs:
+        raise ConfigError("teachers", "every teacher is a video teacher: they embed each view as a whole clip, "
+                                      "online, and have no per-frame cache")
     dataset = VideoDataset(videos, "single", frames, size, reader=reader)
     teachers = [build_teacher(tc, videos.classes).to(device) for tc in teacher_cfgs]
     return write_caches(teachers, teacher_cfgs, dataset, out_dir, device, **options), len(dataset)

@@ -14,7 +14,7 @@ Sources (``teachers.source``):
 A view's frames are resampled in time to the count a model is built for (evenly; a model that takes any count
 gets the view's own) and resized to its input side. Video teachers run online only: a view is a random draw
 of frames and crops, and a clip embedding depends on all of them together, so unlike a per-frame embedding
-there is nothing to compute once per video and look up (``run.teacher_cache`` refuses them), and per-segment
+there is nothing to compute once per video and look up (a teacher cache holds the image teachers beside them), and per-segment
 terms, which need one embedding per frame, cannot use them.
 """
 from __future__ import annotations

@@ -39,7 +39,7 @@ from ..objectives import DTGObjective
 from ..objectives.objective import StudentOutputs, TeacherEmbeddings
 from ..students import DTGStudent, build_student, initialise_backbone, save_student_safetensors
 from ..teachers import Teacher, build_teacher
-from ..teachers.cache import build_caches, load_cache
+from ..teachers.cache import build_caches, image_teachers, load_cache
 from .checkpoint import config_hash, load_newest_readable, rng_state, save_rotating, set_rng_state
 from .gradcache import cached_backward
 from .run_state import BadItems, NonFiniteLoss, Preemption, StepWindow, worker_exits_quietly
@@ -314,16 +314,22 @@ class Trainer:
                             f"optim.batch_size={cfg.optim.batch_size}")
         return dataset
 
-    def _teacher_caches(self):
-        """Per-frame teacher embeddings: read from run.teacher_cache_dir, built in memory, or none (online)."""
+    def _teacher_caches(self) -> list:
+        """Per teacher, its per-frame embeddings (read from run.teacher_cache_dir or built in memory), or None
+        where it runs online: every teacher without a cache, video teachers always."""
         cfg = self.cfg
-        if self.teachers and cfg.run.teacher_cache_dir:
-            return [load_cache(t, tc, self.dataset, cfg.run.teacher_cache_dir)
-                    for t, tc in zip(self.teachers, cfg.teachers)]
-        if self.teachers and cfg.run.teacher_cache:
-            return build_caches(self.teachers, self.dataset, self.device, get_reader(cfg.data.reader),
-                                workers=cfg.data.workers, progress=self.progress)
-        return None
+        cacheable = {id(tc) for tc in image_teachers(cfg.teachers)}
+        image = [k for k, tc in enumerate(cfg.teachers) if id(tc) in cacheable]
+        caches = [None] * len(self.teachers)
+        if image and cfg.run.teacher_cache_dir:
+            for k in image:
+                caches[k] = load_cache(self.teachers[k], cfg.teachers[k], self.dataset, cfg.run.teacher_cache_dir)
+        elif image and cfg.run.teacher_cache:
+            built = build_caches([self.teachers[k] for k in image], self.dataset, self.device,
+                                 get_reader(cfg.data.reader), workers=cfg.data.workers, progress=self.progress)
+            for k, cache in zip(image, built):
+                caches[k] = cache
+        return caches
 
     def _sampler(self):
         cfg = self.cfg
@@ -493,21 +499,19 @@ class Trainer:
         return out
 
     def _clip_embeddings(self, batch: Batch, per_frame: bool) -> TeacherEmbeddings:
-        if per_frame:
-            if self.caches:
-                f_a = [c.lookup_frames(batch.index, batch.frames_a).to(self.device) for c in self.caches]
-                f_b = [c.lookup_frames(batch.index, batch.frames_b).to(self.device) for c in self.caches]
-            else:
-                f_a, f_b = [t.per_frame(batch.a) for t in self.teachers], [t.per_frame(batch.b) for t in self.teachers]
+        """Each teacher's embeddings of both views: looked up in its cache, or computed online."""
+        def views(teacher: Teacher, cache, frames: bool) -> list[torch.Tensor]:
+            if cache is None:
+                return [teacher.per_frame(v) if frames else teacher(v) for v in (batch.a, batch.b)]
+            lookup = cache.lookup_frames if frames else cache.lookup
+            return [lookup(batch.index, f).to(self.device) for f in (batch.frames_a, batch.frames_b)]
+
+        (t_a, t_b) = zip(*[views(t, c, per_frame) for t, c in zip(self.teachers, self.caches)]) or ((), ())
+        if per_frame:  # (B, T, D) per teacher; the clip embedding is their mean
             every = self._every
-            return TeacherEmbeddings(every([f.mean(1) for f in f_a]), every([f.mean(1) for f in f_b]),
-                                     every(f_a), every(f_b))
-        if self.caches:
-            t_a = [c.lookup(batch.index, batch.frames_a).to(self.device) for c in self.caches]
-            t_b = [c.lookup(batch.index, batch.frames_b).to(self.device) for c in self.caches]
-        else:
-            t_a, t_b = [t(batch.a) for t in self.teachers], [t(batch.b) for t in self.teachers]
-        return TeacherEmbeddings(self._every(t_a), self._every(t_b))
+            return TeacherEmbeddings(every([f.mean(1) for f in t_a]), every([f.mean(1) for f in t_b]),
+                                     every(list(t_a)), every(list(t_b)))
+        return TeacherEmbeddings(self._every(list(t_a)), self._every(list(t_b)))
 
     def _teacher_tokens(self, teacher: Teacher, view: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """``(B, M, C)``: the teacher's tokens of ``view`` on the student's grid at the ``(B, M)`` visible places."""

@@ -147,7 +147,6 @@ def test_masking_and_token_distillation_config_errors(tmp_path):
         ([*vit, "student.mask_ratio=0.95"], "student.mask_ratio"),
         ([*vit, "student.mask_type=block"], "student.mask_type"),
         ([*vit, "loss.token_weight=1", "loss.token_form=l1"], "loss.token_form"),
-        ([*vit, "loss.token_weight=1", "run.teacher_cache=true"], "loss.token_weight"),
         ([*vit, "loss.clip_weight=0"], "loss.clip_weight"),
         ([*vit, "loss.token_weight=1", "teachers.0.source=torchvision_video",
           "teachers.0.weights=R3D_18_Weights.KINETICS400_V1"], "loss.token_weight")]:

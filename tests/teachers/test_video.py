@@ -15,6 +15,7 @@ from dtgnet.teachers import build_teacher
 from dtgnet.teachers.cache import cache_teachers
 from dtgnet.teachers.video import VideoTeacher
 from dtgnet.training import train
+from dtgnet.training.loop import Trainer
 from tests.conftest import tiny_cfg
 
 MEAN, STD = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1, 1)
@@ -58,13 +59,25 @@ def test_a_video_and_an_image_teacher_co_teach(tiny_synth, pretrained, tmp_path)
     assert any("teacher/video" in r and r["teacher/video"] > 0 for r in logged)
 
 
-def test_video_teachers_refuse_the_per_frame_cache_and_segments(tiny_synth, pretrained, tmp_path):
-    with pytest.raises(ConfigError, match="teachers.1.source.*online only"):
-        with_video_teacher(tiny_cfg(tiny_synth, tmp_path / "x"), pretrained, **{"run.teacher_cache": True})
+def test_a_video_teacher_runs_online_beside_the_image_teachers_cache(tiny_synth, pretrained, tmp_path):
+    cfg = with_video_teacher(tiny_cfg(tiny_synth, tmp_path / "mixed"), pretrained, **{"run.teacher_cache": True})
+    trainer = Trainer(cfg, "pretrain", progress=False)
+    image, video = trainer.caches
+    assert image is not None and video is None
+    batch = trainer.to_batch(next(iter(trainer.loader(0))))
+    with torch.no_grad():
+        emb = trainer.teacher_embeddings(batch)
+        torch.testing.assert_close(emb.a[0], image.lookup(batch.index, batch.frames_a))  # the cache's rows
+        torch.testing.assert_close(emb.b[1], trainer.teachers[1](batch.b))  # the video model on the view itself
+    trainer.close()
+
+
+def test_video_teachers_have_no_per_frame_cache_and_no_segments(tiny_synth, pretrained, tmp_path):
     with pytest.raises(ConfigError, match="loss.segment_weight"):
         with_video_teacher(tiny_cfg(tiny_synth, tmp_path / "x"), pretrained, **{"loss.segment_weight": 1.0})
-    with pytest.raises(ConfigError, match="teachers.0.source"):
+    with pytest.raises(ConfigError, match="every teacher is a video teacher") as e:
         cache_teachers([TeacherConfig("video", "student", str(pretrained))], None, 2, 32, tmp_path / "c", "cpu", None)
+    assert e.value.key == "teachers"
     with pytest.raises(ConfigError, match="teachers.1.weights"):
         with_video_teacher(tiny_cfg(tiny_synth, tmp_path / "x"), tmp_path / "missing.safetensors")
 

@@ -351,9 +351,11 @@ def test_every_student_trains_in_every_mode_with_the_cache_and_resume_exactly(ti
 
 def test_token_distillation_alone_trains_token_heads_only_and_its_student_loads(tiny_synth, tmp_path):
     """loss.clip_weight=0, self term off: UMT's objective. No clip heads are built (none would get a gradient),
-    one linear token head per teacher; the student file rebuilds it."""
+    one linear token head per teacher; the student file rebuilds it. A teacher cache serves the clip
+    embeddings (here only the adaptive weighting reads them) while the tokens are computed online."""
     opts = {"student.arch": "vit_t", "student.patch_size": 8, "data.frames": 4, "student.temporal_shift": False,
-            "loss.token_weight": 1.0, "loss.clip_weight": 0.0, "loss.self_weight": 0.0, "student.mask_ratio": 0.75}
+            "loss.token_weight": 1.0, "loss.clip_weight": 0.0, "loss.self_weight": 0.0, "student.mask_ratio": 0.75,
+            "run.teacher_cache": True, "loss.weighting": "adaptive"}
     out = tmp_path / "umt"
     train(tiny_cfg(tiny_synth, out, **opts), "pretrain", progress=False)
     logs = [r for r in read_log(out / "log.jsonl") if "loss" in r]
