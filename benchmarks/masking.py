@@ -13,7 +13,7 @@ Three objectives, each at every ratio, each setting in its own process on SynthA
 
 The teacher's cost does not fall with the ratio (it sees every frame), so the last two show how much of a
 real step masking removes. Step time: the fastest of ``--steps`` after the first; memory as in
-``benchmarks/micro_batch.py`` (peak resident set, and its rise over the steps).
+``benchmarks/micro_batch.py`` (peak resident set, and its rise over the steps; on a GPU, the device's).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from micro_batch import one_setting, student_overrides, write_videos  # noqa: E402  (the same measurement)
+from micro_batch import describe, one_setting, student_overrides, write_videos  # noqa: E402  (the same measurement)
 
 OBJECTIVES = {"student only": ["teachers=[]"], "clip DTG": [], "clip DTG + tokens": ["loss.token_weight=1"]}
 
@@ -60,8 +60,8 @@ def main(argv=None) -> dict:
                     raise SystemExit(f"{overrides}: {run.stderr[-2000:]}")
                 r = rows[str(ratio)] = json.loads(run.stdout.strip().splitlines()[-1])
                 r["time_vs_unmasked"] = round(r["step_s"] / rows[str(args.ratios[0])]["step_s"], 3)
-                print(f"{objective:18s} mask {ratio:4.2f}: step {r['step_s']:6.2f} s ({r['time_vs_unmasked']:.2f}x)"
-                      f"   peak RSS {r['peak_rss_mib']:6d} MiB   step's own {r['step_mib']:6d} MiB", flush=True)
+                print(f"{objective:18s} mask {ratio:4.2f}: step {r['step_s']:7.3f} s ({r['time_vs_unmasked']:.2f}x)"
+                      f"   {describe(r)}", flush=True)
     settings = {k: v for k, v in vars(args).items() if k != "child"}
     report = {"settings": settings, "machine": platform.platform(), "results": results}
     if args.json:

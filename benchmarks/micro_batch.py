@@ -5,9 +5,11 @@ step of a ViT-S student at 16 frames of 112², against the whole batch at once.
                                      [--arch vit_s] [--json F]
 
 Each setting trains ``--steps`` real steps (SynthActions videos, the bundled EfficientNet-Lite0 teacher
-online, self term, InfoNCE over the batch) in its own process. Memory: the process's peak resident set
-(``ru_maxrss``) and how far it rose above the resident set before the first step (the step's own memory:
-activations, gradients, optimiser state). The gradients of micro-batches equal the whole batch's
+online, self term, InfoNCE over the batch) in its own process, on the GPU when there is one. Memory: the
+process's peak resident set (``ru_maxrss``) and how far it rose above the resident set before the first step
+(the step's own memory: activations, gradients, optimiser state); on a GPU, the device's peak allocation
+(``torch.cuda.max_memory_allocated``) and its rise over the steps. Time: the fastest step after the first
+(on a GPU, once its kernels have finished). The gradients of micro-batches equal the whole batch's
 (tests/training/test_gradcache.py) for students without batch norm in the backbone; for each ``--compare``
 student the script also measures how far a micro-batched step's gradient lies from the whole batch's
 (relative L2 distance and cosine, float32, the same batch): ~1e-6 for a ViT (float32 rounding), more for a
@@ -52,17 +54,40 @@ def one_setting(data: str, overrides: list[str], steps: int) -> dict:
 
     with tempfile.TemporaryDirectory() as out:
         tr = trainer(data, out, overrides)
+        cuda = tr.device.type == "cuda"
         batches = [tr.to_batch(raw) for raw, _ in zip(tr.loader(0), range(steps))]
         before = rss_mib()
+        if cuda:  # on a GPU the step's memory is the device's: what the caching allocator handed out
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            gpu_before = torch.cuda.memory_allocated()
         times = []
         for batch in batches:
             t0 = time.perf_counter()
             tr.train_step(batch)
+            if cuda:
+                torch.cuda.synchronize()  # the step's kernels have finished, not only been queued
             times.append(time.perf_counter() - t0)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        result = {"peak_rss_mib": round(peak), "before_steps_mib": round(before), "step_mib": round(peak - before),
+                  "step_s": round(min(times[1:] or times), 3), "threads": torch.get_num_threads(),
+                  "device": torch.cuda.get_device_name() if cuda else "cpu"}
+        if cuda:
+            gpu_peak = torch.cuda.max_memory_allocated()
+            result.update(gpu_peak_mib=round(gpu_peak / 2**20), gpu_step_mib=round((gpu_peak - gpu_before) / 2**20))
         tr.close()
-    return {"peak_rss_mib": round(peak), "before_steps_mib": round(before), "step_mib": round(peak - before),
-            "step_s": round(min(times[1:] or times), 2), "threads": torch.get_num_threads()}
+    return result
+
+
+def step_memory(r: dict) -> int:
+    """The step's own memory: on the GPU where it ran there, else the process's resident set."""
+    return r.get("gpu_step_mib", r["step_mib"])
+
+
+def describe(r: dict) -> str:
+    if "gpu_step_mib" in r:
+        return f"GPU peak {r['gpu_peak_mib']:6d} MiB   step's own {r['gpu_step_mib']:6d} MiB"
+    return f"peak RSS {r['peak_rss_mib']:6d} MiB   step's own {r['step_mib']:6d} MiB"
 
 
 def gradient_distance(data: str, overrides: list[str], micro: int) -> dict:
@@ -139,8 +164,7 @@ def main(argv=None) -> dict:
         write_videos(work, args)
         for name, extra in SETTINGS.items():
             results[name] = r = child("--child", work, common + [e.format(micro=args.micro) for e in extra])
-            print(f"{name:28s} step {r['step_s']:6.2f} s   peak RSS {r['peak_rss_mib']:6d} MiB   "
-                  f"step's own {r['step_mib']:6d} MiB", flush=True)
+            print(f"{name:28s} step {r['step_s']:7.3f} s   {describe(r)}", flush=True)
         for arch in args.compare:
             name, frozen = arch.split("+")[0], arch.endswith("+freeze_bn")
             shape = (common + [f"student.arch={name}"] + (["student.freeze_bn=true"] if frozen else [])
@@ -150,7 +174,7 @@ def main(argv=None) -> dict:
                   f"L2 distance {d['relative_l2']:.2e}, cosine {d['cosine']:.6f}", flush=True)
     whole = results["whole batch"]
     for name, r in results.items():
-        r["memory_vs_whole"] = round(whole["step_mib"] / max(1, r["step_mib"]), 2)
+        r["memory_vs_whole"] = round(step_memory(whole) / max(1, step_memory(r)), 2)
         r["time_vs_whole"] = round(r["step_s"] / whole["step_s"], 2)
     print("step memory falls", ", ".join(f"{r['memory_vs_whole']}x with {n}" for n, r in results.items()
                                          if n != "whole batch"))

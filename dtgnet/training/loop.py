@@ -318,6 +318,8 @@ class Trainer:
         """Per teacher, its per-frame embeddings (read from run.teacher_cache_dir or built in memory), or None
         where it runs online: every teacher without a cache, video teachers always."""
         cfg = self.cfg
+        if not self.teachers:  # a mode without teachers (fine-tuning), whatever the config lists
+            return []
         cacheable = {id(tc) for tc in image_teachers(cfg.teachers)}
         image = [k for k, tc in enumerate(cfg.teachers) if id(tc) in cacheable]
         caches = [None] * len(self.teachers)
@@ -506,12 +508,13 @@ class Trainer:
             lookup = cache.lookup_frames if frames else cache.lookup
             return [lookup(batch.index, f).to(self.device) for f in (batch.frames_a, batch.frames_b)]
 
-        (t_a, t_b) = zip(*[views(t, c, per_frame) for t, c in zip(self.teachers, self.caches)]) or ((), ())
+        pairs = [views(t, c, per_frame) for t, c in zip(self.teachers, self.caches)]
+        t_a, t_b = [a for a, _ in pairs], [b for _, b in pairs]
         if per_frame:  # (B, T, D) per teacher; the clip embedding is their mean
             every = self._every
             return TeacherEmbeddings(every([f.mean(1) for f in t_a]), every([f.mean(1) for f in t_b]),
-                                     every(list(t_a)), every(list(t_b)))
-        return TeacherEmbeddings(self._every(list(t_a)), self._every(list(t_b)))
+                                     every(t_a), every(t_b))
+        return TeacherEmbeddings(self._every(t_a), self._every(t_b))
 
     def _teacher_tokens(self, teacher: Teacher, view: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
         """``(B, M, C)``: the teacher's tokens of ``view`` on the student's grid at the ``(B, M)`` visible places."""
