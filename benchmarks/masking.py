@@ -9,10 +9,12 @@ Three objectives, each at every ratio, each setting in its own process on SynthA
 * ``student only``: the self term alone (no teacher): what masking saves in the student itself;
 * ``clip DTG``: the paper's clip-level terms with the bundled EfficientNet-Lite0 teacher online;
 * ``clip DTG + tokens``: the same with masked token distillation (``loss.token_weight=1``), the teacher's
-  tokens of each tubelet's first frame computed online beside its clip embedding.
+  tokens of each tubelet's first frame computed online beside its clip embedding;
+* ``clip DTG + cached tokens``: the same from a teacher cache built before the steps (``run.teacher_cache``,
+  ``run.token_cache_grid=7``): no teacher runs in the step.
 
-The teacher's cost does not fall with the ratio (it sees every frame), so the last two show how much of a
-real step masking removes. Step time: the fastest of ``--steps`` after the first; memory as in
+The online teacher's cost does not fall with the ratio (it sees every frame), so the middle two show how much
+of a real step masking removes. Step time: the fastest of ``--steps`` after the first; memory as in
 ``benchmarks/micro_batch.py`` (peak resident set, and its rise over the steps; on a GPU, the device's).
 """
 from __future__ import annotations
@@ -28,7 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from micro_batch import describe, one_setting, student_overrides, write_videos  # noqa: E402  (the same measurement)
 
-OBJECTIVES = {"student only": ["teachers=[]"], "clip DTG": [], "clip DTG + tokens": ["loss.token_weight=1"]}
+OBJECTIVES = {"student only": ["teachers=[]"], "clip DTG": [], "clip DTG + tokens": ["loss.token_weight=1"],
+              "clip DTG + cached tokens": ["loss.token_weight=1", "run.teacher_cache=true", "run.token_cache_grid=7"]}
 
 
 def main(argv=None) -> dict:

@@ -308,11 +308,13 @@ def _cmd_teacher_cache(args) -> int:
     if not cfg.teachers:
         raise DtgError("the config names no teachers")
     device = pick_device(cfg.run.device, int(os.environ.get("LOCAL_RANK", "0")))
+    side = cfg.run.token_cache_grid
     paths, videos = cache_teachers(cfg.teachers, load_split(cfg.data, "train"), cfg.data.frames, cfg.data.size, out,
-                                   device, get_reader(cfg.data.reader), **_bulk_options(args))
+                                   device, get_reader(cfg.data.reader), token_grid=side, **_bulk_options(args))
     cached = image_teachers(cfg.teachers)
-    for tc, path in zip(cached, paths):
-        print(f"teacher {tc.name}: {videos} videos -> {path}")
+    for tc, path in zip(cached + cached if side else cached, paths):
+        kind = f"token maps pooled to {side}x{side}" if path.name.endswith(f".tokens{side}.npy") else "embeddings"
+        print(f"teacher {tc.name}: {kind} of {videos} videos -> {path}")
     for tc in cfg.teachers:
         if tc not in cached:
             print(f"teacher {tc.name}: a video teacher, runs online (no per-frame cache)")

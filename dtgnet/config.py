@@ -311,6 +311,11 @@ class LossConfig:
         if self.token_weight and not arch.tokens:
             raise ConfigError("loss.token_weight", f"token distillation needs a student made of tokens (vit_t, "
                                                    f"vit_s, vit_b), not {cfg.student.arch}")
+        if cfg.run.token_cache_grid and not self.token_weight:
+            raise ConfigError("run.token_cache_grid", "caches teacher tokens, which only loss.token_weight reads")
+        if cfg.run.token_cache_grid and not (cfg.run.teacher_cache or cfg.run.teacher_cache_dir):
+            raise ConfigError("run.token_cache_grid", "is part of the teacher cache: set run.teacher_cache=true "
+                                                      "or run.teacher_cache_dir")
         if cfg.teachers and not self.clip_heads and not self.token_weight:
             raise ConfigError("loss.clip_weight", "0 with no other teacher term leaves the teachers nothing to "
                                                   "teach; set loss.token_weight or another term's weight")
@@ -377,6 +382,11 @@ class RunConfig:
     """Directory written by `dtgnet teacher cache -c CONFIG`: training memory-maps it instead of running the
     teachers (the image ones: see ``teacher_cache``), and refuses it when the teachers, their preprocessing or
     the videos changed."""
+    token_cache_grid: int = 0
+    """With a teacher cache and ``loss.token_weight``: the cache also holds each image teacher's token map of
+    every frame, average-pooled to this many cells a side (float16: side² × C × 2 bytes per frame and
+    teacher), and a view's teacher tokens are cut from it along the view's crop and flip; 0: teacher tokens
+    are computed online, on the view itself (docs/TEACHERS.md, tokens)."""
     compile: bool = False
     """Wrap the student in torch.compile."""
     peak_tflops: float = 0.0
@@ -404,6 +414,7 @@ class RunConfig:
         _at_least("run.keep_checkpoints", self.keep_checkpoints, 1)
         _at_least("run.threads", self.threads, 0)
         _at_least("run.checkpoint_every", self.checkpoint_every, 1)
+        _in_range("run.token_cache_grid", self.token_cache_grid, 0, 32)
         if not self.out:
             raise ConfigError("run.out", "must not be empty")
 

@@ -28,7 +28,7 @@ class VideoDataset(Dataset):
     ``colour_a``/``colour_b``, their ``(5,)`` colour draws, which :func:`finish_views` applies to a whole batch on
     the training device (so workers, shared memory and the host-to-device copy move uint8, a quarter of the
     bytes); or ``clips``, float ``(clips, T, 3, S, S)`` in [0, 1]. Then ``frames_a``/``frames_b`` (the ``(T,)``
-    frame indices of each view), ``label``,
+    frame indices of each view), ``geometry_a``/``geometry_b`` (where each view's crop lies, ``(6,)``), ``label``,
     ``index`` (of the video actually used) and ``bad`` ('' or 'path<TAB>reason' lines for the videos that
     failed before it).
     """
@@ -78,7 +78,8 @@ class VideoDataset(Dataset):
         item = {"label": entry.label, "index": index}
         for v, name in enumerate(("a", "b")[:views]):
             # uint8 views and their colour draws: finish_views applies the colour to whole batches on the device
-            item[name] = random_geometry(frames[v * self.frames:(v + 1) * self.frames], self.size, rng, self.flip)
+            item[name], item[f"geometry_{name}"] = random_geometry(frames[v * self.frames:(v + 1) * self.frames],
+                                                                  self.size, rng, self.flip)
             item[f"colour_{name}"] = random_colour(rng, self.strong_aug)
             item[f"frames_{name}"] = torch.from_numpy(idx[v])
         return item
@@ -104,7 +105,8 @@ class VideoDataset(Dataset):
 
 def collate_views(items: list[dict]) -> dict:
     """A DataLoader batch of 'pair' or 'single' items: ``views`` uint8 ``(V, B, T, 3, S, S)``, ``colour``
-    ``(V, B, 5)``, ``frames`` ``(V, B, T)``, ``label`` and ``index`` ``(B,)``, ``bad`` (B strings).
+    ``(V, B, 5)``, ``frames`` ``(V, B, T)``, ``geometry`` ``(V, B, 6)`` (each view's crop and flip,
+    :data:`~dtgnet.data.transforms.GEOMETRY`), ``label`` and ``index`` ``(B,)``, ``bad`` (B strings).
 
     Only ``views`` is a tensor, made in shared memory: a worker sends every tensor of a batch as a shared-memory
     segment of its own (created, its descriptor passed, mapped), while numpy arrays travel pickled. With the
@@ -119,6 +121,7 @@ def collate_views(items: list[dict]) -> dict:
     return {"views": views,
             "colour": np.stack([[item[f"colour_{name}"].numpy() for item in items] for name in names]),  # (V, B, 5)
             "frames": np.stack([[item[f"frames_{name}"].numpy() for item in items] for name in names]),  # (V, B, T)
+            "geometry": np.stack([[item[f"geometry_{name}"] for item in items] for name in names]),  # (V, B, 6)
             "label": np.array([item["label"] for item in items], dtype=np.int64),
             "index": np.array([item["index"] for item in items], dtype=np.int64),
             "bad": [item["bad"] for item in items]}

@@ -73,10 +73,23 @@ def resized_crop(frames: torch.Tensor, top: int, left: int, h: int, w: int, size
     return interpolate(crop, size=[size, size], mode="bilinear", align_corners=False, antialias=True)
 
 
-def random_geometry(frames: torch.Tensor, size: int, rng: np.random.Generator, flip: bool) -> torch.Tensor:
-    """uint8 ``(T, 3, H, W)`` -> uint8 ``(T, 3, size, size)``: one crop (and flip) for every frame."""
-    out = resized_crop(frames, *crop_box(rng, *frames.shape[-2:]), size)
-    return out.flip(-1) if flip and rng.random() < 0.5 else out
+GEOMETRY = ("y0", "x0", "y1", "x1", "aspect", "flipped")
+"""A view's geometry (:func:`random_geometry`): its crop box as fractions of the frame's height (y) and width
+(x), the frame's width / height, and 1 where the view is mirrored."""
+
+
+def random_geometry(frames: torch.Tensor, size: int, rng: np.random.Generator,
+                    flip: bool) -> tuple[torch.Tensor, np.ndarray]:
+    """uint8 ``(T, 3, H, W)`` -> uint8 ``(T, 3, size, size)``: one crop (and flip) for every frame, and where it
+    lies in the frame (float32 ``(6,)``, :data:`GEOMETRY`), so whatever was computed on whole frames (a cached
+    teacher token grid) can be cut along it."""
+    height, width = frames.shape[-2:]
+    top, left, h, w = crop_box(rng, height, width)
+    out = resized_crop(frames, top, left, h, w, size)
+    flipped = flip and rng.random() < 0.5
+    geometry = np.array([top / height, left / width, (top + h) / height, (left + w) / width, width / height,
+                         float(flipped)], np.float32)
+    return (out.flip(-1) if flipped else out), geometry
 
 
 def random_colour(rng: np.random.Generator, strong: bool) -> torch.Tensor:

@@ -14,16 +14,23 @@ read a clip's rows at a time (not memory-mapped: resident memory stays flat howe
 the teacher's identity (source, weights, a hash of its parameters), its preprocessing, and every video's
 path, size and modification time. A cache whose key no longer matches is refused, naming what
 changed. Writing it resumes after an interruption and shards over torchrun ranks like `dtgnet data prepare`.
+
+With ``run.token_cache_grid`` the cache also holds each image teacher's token map of every frame, pooled to a
+small grid (``<name>.tokens<side>.npy``, the same format); a view's tokens are cut from it along the view's
+crop box and flipped with it (:func:`cut_token_grid`), so a whole frame's grid stands in for the view's.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..data.bulk import Journal, Video, decode_all, join_shards, npy_header, plan_key, plan_videos
 from ..data.dataset import VideoDataset
@@ -80,6 +87,64 @@ class TeacherCache:
     def lookup_frames(self, index: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """As :meth:`lookup`, every frame's embedding: ``(B, T, D)``."""
         return torch.stack([self._frames(i, f) for i, f in zip(index.tolist(), frames.numpy())])
+
+
+class TokenGrid:
+    """A teacher's token maps average-pooled to ``side x side`` and flattened, ``(N, C * side²)``: the rows of its
+    token cache, built, written and read as the clip embeddings are."""
+
+    def __init__(self, teacher: Teacher, side: int):
+        self.teacher, self.side = teacher, side
+        self.input_size, self.encoder, self.mean, self.std = teacher.input_size, teacher.encoder, teacher.mean, teacher.std
+        self.token_dim = teacher.token_dim
+        self.embed_dim = self.token_dim * side * side
+
+    def embed_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.teacher.token_maps(frames), self.side).flatten(1)  # (N, C * side²)
+
+
+def token_grid_config(teacher_cfg, side: int):
+    """The config naming a teacher's token cache (``<name>.tokens<side>``)."""
+    return dataclasses.replace(teacher_cfg, name=f"{teacher_cfg.name}.tokens{side}")
+
+
+def cut_token_grid(maps: torch.Tensor, geometry: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Cached whole-frame token grids -> the tokens of each view's crop on the student's ``grid``.
+
+    ``maps`` ``(N, C, s, s)``: the grid of each frame's centre square (what the cache's teacher saw: the short
+    side, centred). ``geometry`` ``(N, 6)``: the view's crop box as fractions of the frame, the frame's width /
+    height and its flip (:data:`~dtgnet.data.transforms.GEOMETRY`). The box is placed on the square (clamped to
+    it: a wide frame's crop can reach past the square's sides), each student cell averages the bilinear samples
+    of the map it covers (``torchvision.ops.roi_align``, pixel-aligned), and a mirrored view's grid is
+    mirrored. Returns ``(N, C, h, w)``."""
+    from torchvision.ops import roi_align
+
+    s = maps.shape[-1]
+    y0, x0, y1, x1, aspect, flipped = geometry.to(maps.device, maps.dtype).unbind(1)  # each (N,)
+    fw, fh = aspect.clamp(min=1), (1 / aspect).clamp(min=1)  # the frame's width, height in square sides
+
+    def on_square(v, extent):  # a fraction of the frame -> cells of the square's grid
+        return ((v * extent - (extent - 1) / 2).clamp(0, 1) * s)
+
+    left, top = on_square(x0, fw), on_square(y0, fh)
+    # a crop wholly past the square's side keeps a sliver there: its cells read the square's edge, not zeros
+    right, bottom = torch.maximum(on_square(x1, fw), left + 1e-3), torch.maximum(on_square(y1, fh), top + 1e-3)
+    boxes = torch.stack([torch.arange(len(maps), dtype=maps.dtype, device=maps.device), left, top, right, bottom],
+                        1)  # (N, 5): (frame, x1, y1, x2, y2) in cells
+    cut = roi_align(maps, boxes, output_size=grid, spatial_scale=1.0, sampling_ratio=-1, aligned=True)  # (N, C, h, w)
+    return torch.where(flipped.bool()[:, None, None, None], cut.flip(-1), cut)
+
+
+def cached_tokens(cache: "TeacherCache", index: torch.Tensor, frames: torch.Tensor, geometry: torch.Tensor,
+                  every: int, grid: tuple[int, int], dim: int) -> torch.Tensor:
+    """A token cache's stand-in for :meth:`~dtgnet.teachers.base.Teacher.sequence_tokens`: the ``(B, T/every * h
+    * w, C)`` tokens of frames ``0, every, ...`` of each view (``frames`` ``(B, T)``, ``geometry`` ``(B, 6)``), in
+    the same order."""
+    first = frames[:, ::every]  # (B, T')
+    side = math.isqrt(cache.embed_dim // dim)
+    maps = cache.lookup_frames(index, first).flatten(0, 1).unflatten(1, (dim, side, side))  # (B * T', C, s, s)
+    cut = cut_token_grid(maps, geometry.repeat_interleave(first.shape[1], 0), grid)  # (B * T', C, h, w)
+    return cut.flatten(2).transpose(1, 2).unflatten(0, (len(first), -1)).flatten(1, 2)  # (B, T' * h * w, C)
 
 
 def batch_shapes(n: int, full: int) -> list[int]:
@@ -159,7 +224,7 @@ def build_caches(teachers: list[Teacher], dataset: VideoDataset, device, reader=
 
 # ------------------------------------------------------------------------------------------ on disk
 
-def teacher_fingerprint(teacher: Teacher, teacher_cfg) -> dict:
+def teacher_fingerprint(teacher: Teacher | TokenGrid, teacher_cfg) -> dict:
     """What the embeddings depend on: source, weights, parameter hash, input size, normalisation."""
     h = hashlib.sha256()
     state = teacher.encoder.state_dict() if hasattr(teacher.encoder, "state_dict") else {}
@@ -174,6 +239,8 @@ def teacher_fingerprint(teacher: Teacher, teacher_cfg) -> dict:
           "mean": teacher.mean.flatten().tolist(), "std": teacher.std.flatten().tolist(),
           "preprocessing": PREPROCESSING}
     fp.update({key: getattr(teacher_cfg, key) for key in source.describes})
+    if isinstance(teacher, TokenGrid):
+        fp["token_grid"] = teacher.side
     return fp
 
 
@@ -298,15 +365,21 @@ def image_teachers(teacher_cfgs) -> list:
     return [tc for i, tc in enumerate(teacher_cfgs) if not TEACHER_SOURCES.get(tc.source, f"teachers.{i}.source").video]
 
 
-def cache_teachers(teacher_cfgs, videos, frames: int, size: int, out_dir, device, reader, **options) -> tuple[list[Path], int]:
+def cache_teachers(teacher_cfgs, videos, frames: int, size: int, out_dir, device, reader, token_grid: int = 0,
+                   **options) -> tuple[list[Path], int]:
     """``dtgnet teacher cache``: build each configured teacher and embed every frame of ``videos`` (a training
     :class:`~dtgnet.data.lists.VideoList`) read by ``reader``, which must be a source reader: the teachers see
     the original frames, never a prepared copy. Video teachers have no per-frame cache (they run online):
-    they are left out. Returns (one file per image teacher, in order, the number of videos)."""
+    they are left out. ``token_grid``: also each teacher's token map pooled to that side
+    (:class:`TokenGrid`), in the same decode. Returns (one file per image teacher, in order, then one per token
+    grid; the number of videos)."""
     teacher_cfgs = image_teachers(teacher_cfgs)
     if not teacher_cfgs:
         raise ConfigError("teachers", "every teacher is a video teacher: they embed each view as a whole clip, "
                                       "online, and have no per-frame cache")
     dataset = VideoDataset(videos, "single", frames, size, reader=reader)
     teachers = [build_teacher(tc, videos.classes).to(device) for tc in teacher_cfgs]
+    if token_grid:
+        teachers += [TokenGrid(t, token_grid) for t in teachers]
+        teacher_cfgs = teacher_cfgs + [token_grid_config(tc, token_grid) for tc in teacher_cfgs]
     return write_caches(teachers, teacher_cfgs, dataset, out_dir, device, **options), len(dataset)

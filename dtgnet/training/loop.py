@@ -39,7 +39,7 @@ from ..objectives import DTGObjective
 from ..objectives.objective import StudentOutputs, TeacherEmbeddings
 from ..students import DTGStudent, build_student, initialise_backbone, save_student_safetensors
 from ..teachers import Teacher, build_teacher
-from ..teachers.cache import build_caches, image_teachers, load_cache
+from ..teachers.cache import TokenGrid, build_caches, cached_tokens, image_teachers, load_cache, token_grid_config
 from .checkpoint import config_hash, load_newest_readable, rng_state, save_rotating, set_rng_state
 from .gradcache import cached_backward
 from .run_state import BadItems, NonFiniteLoss, Preemption, StepWindow, worker_exits_quietly
@@ -87,6 +87,10 @@ class Batch:
     frames_a: torch.Tensor
     """``(B, T)`` source frame numbers of view a (the cache's other key)."""
     frames_b: torch.Tensor | None
+    geometry_a: torch.Tensor | None = None
+    """``(B, 6)`` where view a's crop lies in its frames (:data:`~dtgnet.data.transforms.GEOMETRY`): a cached
+    token grid is cut along it."""
+    geometry_b: torch.Tensor | None = None
 
 
 class StepModule(torch.nn.Module):
@@ -246,7 +250,7 @@ class Trainer:
         # the paired views are encoded token by token: masked, or for token distillation
         self.masked = pair and (cfg.student.mask_ratio > 0 or tokens)
         self.dataset = self._dataset(entries, pair)
-        self.caches = self._teacher_caches()
+        self.caches, self.token_caches = self._teacher_caches()
         self.objective = DTGObjective(cfg.loss, [t.weight for t in cfg.teachers] if self.teachers else [],
                                       [t.embed_dim for t in self.teachers], self.device).to(self.device)
         if self.device.type == "cuda" and self.model.temporal == "clip":
@@ -314,24 +318,30 @@ class Trainer:
                             f"optim.batch_size={cfg.optim.batch_size}")
         return dataset
 
-    def _teacher_caches(self) -> list:
-        """Per teacher, its per-frame embeddings (read from run.teacher_cache_dir or built in memory), or None
-        where it runs online: every teacher without a cache, video teachers always."""
+    def _teacher_caches(self) -> tuple[list, list]:
+        """Per teacher, its per-frame clip embeddings and (``run.token_cache_grid``) its pooled token grids, read
+        from run.teacher_cache_dir or built in memory in one decode; None where it runs online: every teacher
+        without a cache, video teachers always."""
         cfg = self.cfg
-        if not self.teachers:  # a mode without teachers (fine-tuning), whatever the config lists
-            return []
+        clip, tokens = [None] * len(self.teachers), [None] * len(self.teachers)  # no teachers: fine-tuning
+        if not self.teachers or not (cfg.run.teacher_cache or cfg.run.teacher_cache_dir):
+            return clip, tokens
         cacheable = {id(tc) for tc in image_teachers(cfg.teachers)}
         image = [k for k, tc in enumerate(cfg.teachers) if id(tc) in cacheable]
-        caches = [None] * len(self.teachers)
-        if image and cfg.run.teacher_cache_dir:
-            for k in image:
-                caches[k] = load_cache(self.teachers[k], cfg.teachers[k], self.dataset, cfg.run.teacher_cache_dir)
-        elif image and cfg.run.teacher_cache:
-            built = build_caches([self.teachers[k] for k in image], self.dataset, self.device,
+        side = cfg.run.token_cache_grid
+        wanted = [(clip, k, self.teachers[k], cfg.teachers[k]) for k in image]  # (slots, teacher number, ...)
+        if side:
+            wanted += [(tokens, k, TokenGrid(self.teachers[k], side), token_grid_config(cfg.teachers[k], side))
+                       for k in image]
+        if cfg.run.teacher_cache_dir:
+            for slots, k, teacher, tc in wanted:
+                slots[k] = load_cache(teacher, tc, self.dataset, cfg.run.teacher_cache_dir)
+        elif wanted:
+            built = build_caches([teacher for _, _, teacher, _ in wanted], self.dataset, self.device,
                                  get_reader(cfg.data.reader), workers=cfg.data.workers, progress=self.progress)
-            for k, cache in zip(image, built):
-                caches[k] = cache
-        return caches
+            for (slots, k, _, _), cache in zip(wanted, built):
+                slots[k] = cache
+        return clip, tokens
 
     def _sampler(self):
         cfg = self.cfg
@@ -495,9 +505,8 @@ class Trainer:
         with token terms, each teacher's tokens at the places of ``visible`` ``(B, V, M)`` (:meth:`draw_visible`)."""
         out = self._clip_embeddings(batch, self.objective.needs_segments if per_frame is None else per_frame)
         if self.objective.needs_tokens:
-            out.tokens_a, out.tokens_b = (self._every([self._teacher_tokens(t, view, visible[:, v])
-                                                       for t in self.teachers])
-                                          for v, view in enumerate((batch.a, batch.b)))
+            out.tokens_a, out.tokens_b = (self._every([self._teacher_tokens(k, batch, v, visible[:, v])
+                                                       for k in range(len(self.teachers))]) for v in range(2))
         return out
 
     def _clip_embeddings(self, batch: Batch, per_frame: bool) -> TeacherEmbeddings:
@@ -516,10 +525,17 @@ class Trainer:
                                      every(t_a), every(t_b))
         return TeacherEmbeddings(self._every(t_a), self._every(t_b))
 
-    def _teacher_tokens(self, teacher: Teacher, view: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        """``(B, M, C)``: the teacher's tokens of ``view`` on the student's grid at the ``(B, M)`` visible places."""
-        backbone = self.model.backbone
-        tokens = teacher.sequence_tokens(view, backbone.tubelet, backbone.grid[1:])  # (B, N, C)
+    def _teacher_tokens(self, k: int, batch: Batch, v: int, visible: torch.Tensor) -> torch.Tensor:
+        """``(B, M, C)``: teacher ``k``'s tokens of view ``v`` (0: a, 1: b) on the student's grid at the ``(B, M)``
+        visible places: computed on the view, or cut from the teacher's token cache along the view's crop."""
+        backbone, teacher, cache = self.model.backbone, self.teachers[k], self.token_caches[k]
+        view, frames, geometry = ((batch.a, batch.frames_a, batch.geometry_a) if v == 0
+                                  else (batch.b, batch.frames_b, batch.geometry_b))
+        if cache is None:
+            tokens = teacher.sequence_tokens(view, backbone.tubelet, backbone.grid[1:])  # (B, N, C)
+        else:
+            tokens = cached_tokens(cache, batch.index, frames, geometry, backbone.tubelet, backbone.grid[1:],
+                                   teacher.token_dim).to(self.device)
         return tokens.gather(1, visible[..., None].expand(-1, -1, tokens.shape[-1]))
 
     def _every(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -578,9 +594,11 @@ class Trainer:
     def to_batch(self, raw: dict) -> Batch:
         nb = self.device.type == "cuda"
         a, b = finish_views(raw, self.device, nb)
-        frames = torch.from_numpy(raw["frames"])  # (V, B, T)
+        frames, geometry = torch.from_numpy(raw["frames"]), torch.from_numpy(raw["geometry"])  # (V, B, T), (V, B, 6)
+        second = len(frames) > 1
         return Batch(a, b, torch.from_numpy(raw["label"]).to(self.device, non_blocking=nb),
-                     torch.from_numpy(raw["index"]), frames[0], frames[1] if len(frames) > 1 else None)
+                     torch.from_numpy(raw["index"]), frames[0], frames[1] if second else None,
+                     geometry[0], geometry[1] if second else None)
 
     def _count_bad(self, raw: dict | None) -> bool:
         """Count the batch's unreadable items (stop past ``data.max_bad_fraction``) and say whether a

@@ -63,11 +63,27 @@ def test_geometry_is_one_crop_for_every_frame_and_views_differ():
     frame = torch.randint(0, 255, (3, 40, 40), dtype=torch.uint8)
     seq = frame.expand(6, -1, -1, -1).clone()  # 6 identical frames
     rng = np.random.default_rng(0)
-    views = [random_geometry(seq, 24, rng, flip=True) for _ in range(4)]
+    views = [random_geometry(seq, 24, rng, flip=True)[0] for _ in range(4)]
     for v in views:
         assert v.shape == (6, 3, 24, 24) and v.dtype == torch.uint8
         assert torch.equal(v, v[:1].expand_as(v))
     assert any(not torch.equal(views[0], v) for v in views[1:])
+
+
+def test_geometry_says_where_the_crop_lies_and_whether_it_is_mirrored():
+    """The returned box and flip reproduce the view from the frame (the same draws as the view's own)."""
+    seq = torch.randint(0, 255, (2, 3, 30, 50), dtype=torch.uint8)  # wide: the box is in fractions of each side
+    flips = set()
+    for seed in range(12):
+        view, (y0, x0, y1, x1, aspect, flipped) = random_geometry(seq, 16, np.random.default_rng(seed), flip=True)
+        top, left, h, w = crop_box(np.random.default_rng(seed), 30, 50)
+        assert (y0, x0, y1, x1) == pytest.approx((top / 30, left / 50, (top + h) / 30, (left + w) / 50))
+        assert aspect == pytest.approx(50 / 30)
+        expected = resized_crop(seq, top, left, h, w, 16)
+        assert torch.equal(view, expected.flip(-1) if flipped else expected)
+        flips.add(float(flipped))
+    assert flips == {0.0, 1.0}
+    assert random_geometry(seq, 16, np.random.default_rng(0), flip=False)[1][5] == 0
 
 
 def test_resized_crop_is_torchvisions_bit_for_bit():

@@ -148,6 +148,9 @@ def test_masking_and_token_distillation_config_errors(tmp_path):
         ([*vit, "student.mask_type=block"], "student.mask_type"),
         ([*vit, "loss.token_weight=1", "loss.token_form=l1"], "loss.token_form"),
         ([*vit, "loss.clip_weight=0"], "loss.clip_weight"),
+        ([*vit, "run.teacher_cache=true", "run.token_cache_grid=4"], "run.token_cache_grid"),  # no token term
+        ([*vit, "loss.token_weight=1", "run.token_cache_grid=4"], "run.token_cache_grid"),  # no teacher cache
+        ([*vit, "loss.token_weight=1", "run.teacher_cache=true", "run.token_cache_grid=33"], "run.token_cache_grid"),
         ([*vit, "loss.token_weight=1", "teachers.0.source=torchvision_video",
           "teachers.0.weights=R3D_18_Weights.KINETICS400_V1"], "loss.token_weight")]:
         with pytest.raises(ConfigError) as e:

@@ -7,6 +7,7 @@ from dtgnet.config import TeacherConfig
 from dtgnet.errors import ConfigError
 from dtgnet.teachers import build_teacher
 from dtgnet.teachers.base import callable_teacher, resample_grid
+from dtgnet.teachers.cache import cut_token_grid
 
 
 def test_a_finer_teacher_grid_is_averaged_over_each_student_patch():
@@ -25,6 +26,29 @@ def test_a_coarser_teacher_grid_is_interpolated_bilinearly():
     coord = [0.0, 0.25, 0.75, 1.0]
     expected = [[4 * c + 8 * r for c in coord] for r in coord]
     torch.testing.assert_close(out[0, 0], torch.tensor(expected))
+
+
+def test_a_cached_grid_is_cut_along_the_views_crop_box_and_flip():
+    """By hand: channel 0 holds each cell's centre x, channel 1 its centre y, as fractions of the square (a
+    linear ramp, so a cell of the cut grid reads the ramp at its own centre)."""
+    s = 8
+    centres = (torch.arange(s) + 0.5) / s
+    maps = torch.stack([centres.expand(s, s), centres[:, None].expand(s, s)])[None]  # (1, 2, 8, 8)
+
+    def cut(box, aspect=1.0, flipped=0.0):
+        return cut_token_grid(maps, torch.tensor([[*box, aspect, flipped]]), (4, 4))[0]
+
+    def ramp(lo, hi):  # the centres of 4 cells spanning [lo, hi]
+        return lo + (torch.arange(4) + 0.5) * (hi - lo) / 4
+
+    out = cut((0.25, 0.125, 0.75, 0.875))  # (y0, x0, y1, x1): an inner box
+    torch.testing.assert_close(out[0], ramp(0.125, 0.875).expand(4, 4))
+    torch.testing.assert_close(out[1], ramp(0.25, 0.75)[:, None].expand(4, 4))
+    torch.testing.assert_close(cut((0.25, 0.125, 0.75, 0.875), flipped=1.0)[0], ramp(0.875, 0.125).expand(4, 4))
+    # a frame twice as wide as high: the cache saw its centre square, x in [0.25, 0.75] of the frame
+    torch.testing.assert_close(cut((0.25, 0.3125, 0.75, 0.6875), aspect=2.0)[0], ramp(0.125, 0.875).expand(4, 4))
+    # past the square's side: clamped to it
+    torch.testing.assert_close(cut((0.25, 0.0, 0.75, 0.25), aspect=2.0)[0], torch.zeros(4, 4) + centres[0])
 
 
 def test_the_bundled_teacher_tokens_are_its_feature_map_and_pool_to_its_embedding():

@@ -363,3 +363,43 @@ def test_token_distillation_alone_trains_token_heads_only_and_its_student_loads(
     student = load_student(out / "student.safetensors")
     assert len(student.teacher_heads) == 0 and student.token_heads["imagenet"].out_features == 1280
     assert student.token_heads["imagenet"].in_features == student.backbone.feature_dim
+
+
+def test_a_token_cache_stands_in_for_the_online_teacher_tokens(tiny_synth, tmp_path, capsys):
+    """run.token_cache_grid: each frame's pooled teacher grid, cut along the view's crop and flip, gives a
+    student cell the teacher tokens of its own place: nearer the online tokens of that cell than to those of
+    the other cells, and nearer than the same grid not cut (the whole frame, unmirrored). Written to disk by
+    `dtgnet teacher cache`, the grid reads back as built in memory."""
+    import dataclasses
+
+    import torch.nn.functional as F
+
+    opts = {"student.arch": "vit_t", "student.patch_size": 8, "data.frames": 4, "student.temporal_shift": False,
+            "loss.token_weight": 1.0, "student.mask_ratio": 0.5, "run.teacher_cache": True,
+            "run.token_cache_grid": 4, "teachers.0.input_size": 128, "data.flip": True, "optim.batch_size": 8}
+    cfg = tiny_cfg(tiny_synth, tmp_path / "mem", **opts)
+    tr = Trainer(cfg, "pretrain", progress=False)
+    batch = tr.to_batch(next(iter(tr.loader(0))))
+    every = torch.arange(2 * 16).expand(8, -1)  # all 2 x 4 x 4 places of a view
+    with torch.no_grad():
+        cached = tr._teacher_tokens(0, batch, 0, every)  # (B, N, C)
+        whole = dataclasses.replace(batch, geometry_a=torch.tensor([[0.0, 0, 1, 1, 1, 0]]).expand(8, -1))
+        uncut = tr._teacher_tokens(0, whole, 0, every)
+        memory = tr.token_caches
+        tr.token_caches = [None]
+        online = tr._teacher_tokens(0, batch, 0, every)
+    cos = F.cosine_similarity(cached[:, :, None], online[:, None, :], dim=-1)  # (B, N, N)
+    own = cos.diagonal(dim1=1, dim2=2)  # (B, N)
+    others = (cos.sum((1, 2)) - own.sum(1)) / (32 * 31)
+    assert own.mean() > others.mean() + 0.1
+    assert (cached - online).pow(2).mean() < (uncut - online).pow(2).mean()
+
+    overrides = tiny_overrides(tiny_synth, tmp_path / "unused", **opts)
+    assert main(["teacher", "cache", *overrides, "--out", str(tmp_path / "disk"), "--workers", "0"]) == 0
+    assert f"token maps pooled to 4x4 of 24 videos -> {tmp_path / 'disk' / 'imagenet.tokens4.npy'}" in capsys.readouterr().out
+    cfg.run.teacher_cache, cfg.run.teacher_cache_dir, cfg.run.out = False, str(tmp_path / "disk"), str(tmp_path / "d")
+    disk = Trainer(cfg, "pretrain", progress=False)
+    torch.testing.assert_close(disk.token_caches[0].lookup_frames(batch.index, batch.frames_a),
+                               memory[0].lookup_frames(batch.index, batch.frames_a))
+    disk.close()
+    tr.close()
