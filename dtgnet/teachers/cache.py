@@ -70,14 +70,17 @@ class TeacherCache:
         self.embed_dim = embed_dim
         self.strides = strides or [1] * len(per_video)
 
-    def _frames(self, i: int, frames: np.ndarray) -> torch.Tensor:
-        """``(T,)`` source frame indices of video ``i`` -> ``(T, D)`` float32, each snapped to the nearest
-        cached frame."""
+    def _rows(self, i: int, frames: np.ndarray) -> np.ndarray:
+        """``(T,)`` source frame indices of video ``i`` -> its ``(T, D)`` float16 rows, each frame snapped to the
+        nearest cached one."""
         feats = self.per_video[i]
         if feats is None:
             raise VideoDecodeError(f"video #{i}", "not in the teacher cache (unreadable when it was built)")
         kept = np.minimum(np.rint(frames / self.strides[i]).astype(np.int64), len(feats) - 1)
-        return torch.from_numpy(feats[kept].astype(np.float32))
+        return feats[kept]
+
+    def _frames(self, i: int, frames: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self._rows(i, frames).astype(np.float32))  # (T, D)
 
     def lookup(self, index: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``index`` ``(B,)`` video indices, ``frames`` ``(B, T)`` source frame indices -> ``(B, D)`` float32:
@@ -87,6 +90,10 @@ class TeacherCache:
     def lookup_frames(self, index: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """As :meth:`lookup`, every frame's embedding: ``(B, T, D)``."""
         return torch.stack([self._frames(i, f) for i, f in zip(index.tolist(), frames.numpy())])
+
+    def lookup_rows(self, index: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """As :meth:`lookup_frames`, in the cache's float16: half the bytes to move to a GPU (token grids)."""
+        return torch.from_numpy(np.stack([self._rows(i, f) for i, f in zip(index.tolist(), frames.numpy())]))
 
 
 class TokenGrid:
@@ -136,13 +143,14 @@ def cut_token_grid(maps: torch.Tensor, geometry: torch.Tensor, grid: tuple[int, 
 
 
 def cached_tokens(cache: "TeacherCache", index: torch.Tensor, frames: torch.Tensor, geometry: torch.Tensor,
-                  every: int, grid: tuple[int, int], dim: int) -> torch.Tensor:
+                  every: int, grid: tuple[int, int], dim: int, device=None) -> torch.Tensor:
     """A token cache's stand-in for :meth:`~dtgnet.teachers.base.Teacher.sequence_tokens`: the ``(B, T/every * h
     * w, C)`` tokens of frames ``0, every, ...`` of each view (``frames`` ``(B, T)``, ``geometry`` ``(B, 6)``), in
-    the same order."""
+    the same order, cut on ``device`` (the rows travel there in float16)."""
     first = frames[:, ::every]  # (B, T')
     side = math.isqrt(cache.embed_dim // dim)
-    maps = cache.lookup_frames(index, first).flatten(0, 1).unflatten(1, (dim, side, side))  # (B * T', C, s, s)
+    rows = cache.lookup_rows(index, first).to(device).float()  # (B, T', C * s * s)
+    maps = rows.flatten(0, 1).unflatten(1, (dim, side, side))  # (B * T', C, s, s)
     cut = cut_token_grid(maps, geometry.repeat_interleave(first.shape[1], 0), grid)  # (B * T', C, h, w)
     return cut.flatten(2).transpose(1, 2).unflatten(0, (len(first), -1)).flatten(1, 2)  # (B, T' * h * w, C)
 

@@ -535,7 +535,7 @@ class Trainer:
             tokens = teacher.sequence_tokens(view, backbone.tubelet, backbone.grid[1:])  # (B, N, C)
         else:
             tokens = cached_tokens(cache, batch.index, frames, geometry, backbone.tubelet, backbone.grid[1:],
-                                   teacher.token_dim).to(self.device)
+                                   teacher.token_dim, self.device)
         return tokens.gather(1, visible[..., None].expand(-1, -1, tokens.shape[-1]))
 
     def _every(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
