@@ -70,6 +70,11 @@ class TeacherCache:
         self.embed_dim = embed_dim
         self.strides = strides or [1] * len(per_video)
 
+    @property
+    def nbytes(self) -> int:
+        """The float16 rows' size."""
+        return sum(len(rows) for rows in self.per_video if rows is not None) * self.embed_dim * 2
+
     def _rows(self, i: int, frames: np.ndarray) -> np.ndarray:
         """``(T,)`` source frame indices of video ``i`` -> its ``(T, D)`` float16 rows, each frame snapped to the
         nearest cached one."""
@@ -94,6 +99,28 @@ class TeacherCache:
     def lookup_rows(self, index: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """As :meth:`lookup_frames`, in the cache's float16: half the bytes to move to a GPU (token grids)."""
         return torch.from_numpy(np.stack([self._rows(i, f) for i, f in zip(index.tolist(), frames.numpy())]))
+
+
+class DeviceRows:
+    """A cache's rows held on a device (a GPU with room for them): a lookup gathers there, and only the indices
+    cross from the host. The same rows as :meth:`TeacherCache.lookup_rows` (tested)."""
+
+    def __init__(self, cache: TeacherCache, device):
+        counts = [0 if rows is None else len(rows) for rows in cache.per_video]
+        self.embed_dim = cache.embed_dim
+        self.offsets = torch.tensor(np.cumsum([0] + counts[:-1]), dtype=torch.long)
+        self.counts, self.strides = torch.tensor(counts), torch.tensor(cache.strides)
+        kept = [rows[np.arange(len(rows))] for rows in cache.per_video if rows is not None and len(rows)]
+        self.rows = torch.from_numpy(np.concatenate(kept)).to(device)  # (R, D) float16
+
+    def lookup_rows(self, index: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """``index`` ``(B,)``, ``frames`` ``(B, T)`` -> ``(B, T, D)`` float16 on the rows' device."""
+        counts = self.counts[index]
+        if (counts == 0).any():
+            i = int(index[counts == 0][0])
+            raise VideoDecodeError(f"video #{i}", "not in the teacher cache (unreadable when it was built)")
+        kept = torch.minimum(torch.round(frames / self.strides[index, None]).long(), counts[:, None] - 1)
+        return self.rows[(self.offsets[index, None] + kept).to(self.rows.device)]
 
 
 class TokenGrid:

@@ -39,7 +39,15 @@ from ..objectives import DTGObjective
 from ..objectives.objective import StudentOutputs, TeacherEmbeddings
 from ..students import DTGStudent, build_student, initialise_backbone, save_student_safetensors
 from ..teachers import Teacher, build_teacher
-from ..teachers.cache import TokenGrid, build_caches, cached_tokens, image_teachers, load_cache, token_grid_config
+from ..teachers.cache import (
+    DeviceRows,
+    TokenGrid,
+    build_caches,
+    cached_tokens,
+    image_teachers,
+    load_cache,
+    token_grid_config,
+)
 from .checkpoint import config_hash, load_newest_readable, rng_state, save_rotating, set_rng_state
 from .gradcache import cached_backward
 from .run_state import BadItems, NonFiniteLoss, Preemption, StepWindow, worker_exits_quietly
@@ -341,6 +349,11 @@ class Trainer:
                                  get_reader(cfg.data.reader), workers=cfg.data.workers, progress=self.progress)
             for (slots, k, _, _), cache in zip(wanted, built):
                 slots[k] = cache
+        if self.device.type == "cuda":  # token grids are large: gathered on the GPU when they fit in a quarter of it
+            free = torch.cuda.mem_get_info(self.device)[0]
+            for k, cache in enumerate(tokens):
+                if cache is not None and cache.nbytes < free / 4:
+                    tokens[k] = DeviceRows(cache, self.device)
         return clip, tokens
 
     def _sampler(self):

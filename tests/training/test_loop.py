@@ -374,6 +374,8 @@ def test_a_token_cache_stands_in_for_the_online_teacher_tokens(tiny_synth, tmp_p
 
     import torch.nn.functional as F
 
+    from dtgnet.teachers.cache import DeviceRows
+
     opts = {"student.arch": "vit_t", "student.patch_size": 8, "data.frames": 4, "student.temporal_shift": False,
             "loss.token_weight": 1.0, "student.mask_ratio": 0.5, "run.teacher_cache": True,
             "run.token_cache_grid": 4, "teachers.0.input_size": 128, "data.flip": True, "optim.batch_size": 8}
@@ -401,5 +403,11 @@ def test_a_token_cache_stands_in_for_the_online_teacher_tokens(tiny_synth, tmp_p
     disk = Trainer(cfg, "pretrain", progress=False)
     torch.testing.assert_close(disk.token_caches[0].lookup_frames(batch.index, batch.frames_a),
                                memory[0].lookup_frames(batch.index, batch.frames_a))
+    # held on a device (a GPU's, where it fits), the rows are gathered there: the same rows
+    strided = dataclasses.replace(batch, frames_a=batch.frames_a * 3 + 1)  # past the last frame: snapped to it
+    for cache in (memory[0], disk.token_caches[0]):
+        for frames in (batch.frames_a, strided.frames_a):
+            assert torch.equal(DeviceRows(cache, "cpu").lookup_rows(batch.index, frames),
+                               cache.lookup_rows(batch.index, frames))
     disk.close()
     tr.close()
