@@ -119,9 +119,14 @@ class Teacher(nn.Module):
         """``seq``: ``(B, T, 3, H, W)`` -> ``(B, T/every * h * w, C)``: the tokens of frames ``0, every, 2 every,
         ...`` (the first frame of each of the student's tubelets, as UMT pairs a tubelet with its frame),
         resampled to the student's ``(h, w)`` grid (:func:`resample_grid`), in the student's token order."""
-        b = seq.shape[0]
         maps = resample_grid(self.token_maps(seq[:, ::every].flatten(0, 1)), grid)  # (B * T', C, h, w)
-        return maps.flatten(2).transpose(1, 2).unflatten(0, (b, -1)).flatten(1, 2)  # (B, T' * h * w, C)
+        return in_student_order(maps, seq.shape[0])
+
+
+def in_student_order(maps: torch.Tensor, batch: int) -> torch.Tensor:
+    """``(B * T', C, h, w)`` grids of each sequence's frames -> ``(B, T' * h * w, C)``: the student's token order
+    (time, then row, then column)."""
+    return maps.flatten(2).transpose(1, 2).unflatten(0, (batch, -1)).flatten(1, 2)
 
 
 def patch_grid(tokens: torch.Tensor, prefix: int, who: str) -> torch.Tensor:

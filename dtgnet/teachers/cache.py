@@ -38,7 +38,7 @@ from ..dist import Dist, default_workers
 from ..errors import ConfigError, DtgError, VideoDecodeError
 from ..io import NpyRows, RowFile, write_text_atomic
 from ..registry import TEACHER_SOURCES
-from .base import Teacher, build_teacher
+from .base import Teacher, build_teacher, in_student_order
 
 PREPROCESSING = "decoder-area-short-side,center-crop,float[0,1],teacher-normalisation/2"
 BATCH_FRAMES = 256
@@ -84,17 +84,15 @@ class TeacherCache:
         kept = np.minimum(np.rint(frames / self.strides[i]).astype(np.int64), len(feats) - 1)
         return feats[kept]
 
-    def _frames(self, i: int, frames: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self._rows(i, frames).astype(np.float32))  # (T, D)
-
     def lookup(self, index: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """``index`` ``(B,)`` video indices, ``frames`` ``(B, T)`` source frame indices -> ``(B, D)`` float32:
         the mean of the frames' embeddings."""
-        return torch.stack([self._frames(i, f).mean(0) for i, f in zip(index.tolist(), frames.numpy())])
+        return torch.stack([torch.from_numpy(self._rows(i, f).astype(np.float32)).mean(0)
+                            for i, f in zip(index.tolist(), frames.numpy())])
 
     def lookup_frames(self, index: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """As :meth:`lookup`, every frame's embedding: ``(B, T, D)``."""
-        return torch.stack([self._frames(i, f) for i, f in zip(index.tolist(), frames.numpy())])
+        return self.lookup_rows(index, frames).float()
 
     def lookup_rows(self, index: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """As :meth:`lookup_frames`, in the cache's float16: half the bytes to move to a GPU (token grids)."""
@@ -179,7 +177,7 @@ def cached_tokens(cache: "TeacherCache", index: torch.Tensor, frames: torch.Tens
     rows = cache.lookup_rows(index, first).to(device).float()  # (B, T', C * s * s)
     maps = rows.flatten(0, 1).unflatten(1, (dim, side, side))  # (B * T', C, s, s)
     cut = cut_token_grid(maps, geometry.repeat_interleave(first.shape[1], 0), grid)  # (B * T', C, h, w)
-    return cut.flatten(2).transpose(1, 2).unflatten(0, (len(first), -1)).flatten(1, 2)  # (B, T' * h * w, C)
+    return in_student_order(cut, len(first))  # (B, T' * h * w, C)
 
 
 def batch_shapes(n: int, full: int) -> list[int]:
