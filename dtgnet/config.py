@@ -394,7 +394,8 @@ class RunConfig:
     when set, log.jsonl reports MFU = achieved / peak. Achieved TFLOP/s is always logged."""
     dist_timeout_s: float = 1800.0
     """Under torchrun: seconds a process waits for its peers (joining the job, or in a collective) before
-    it fails, so that torchrun can restart the job instead of it hanging."""
+    it fails, so that torchrun can restart the job instead of it hanging. Keep it well above the time rank 0
+    takes to write a checkpoint: the other ranks wait that long in their next collective."""
     log_every: int = 10
     """Steps between log.jsonl / TensorBoard records."""
     keep_checkpoints: int = 2
