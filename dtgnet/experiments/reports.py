@@ -174,6 +174,7 @@ STUDY_NOTES = {
     "dtg_init": "the same initialised student, adaptive DTG with both teachers, then fine-tuned",
     "vit_token": "best vit_token_mNN on val",
     "vit_dtg_token": "vit_dtg plus masked token distillation (mask 0.75), teacher tokens online",
+    "vit_dtg_masked": "vit_dtg with 75 % of the tubelets masked, no token term (vit_dtg_token's control)",
     "dtg_video": "dtg's recipe, co-taught by a video teacher (the dtg_eN student of its seed, online)",
 }
 

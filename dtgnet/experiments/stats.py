@@ -127,6 +127,8 @@ def check_targets(study: dict, dtg: str | None, supervised: str | None = "superv
         target("dtg_init >= ssl_init + 3 (an ImageNet-initialised student)", "dtg_init", "ssl_init", 3),
         target(f"dtg_init kNN >= the best teacher's kNN ({best_teacher})", "dtg_init", best_teacher, 0, "knn"),
         target("vit_dtg_token >= vit_dtg + 5 (masked token distillation added)", "vit_dtg_token", "vit_dtg", 5),
+        target("vit_dtg_token >= vit_dtg_masked (the token term, at the same mask)", "vit_dtg_token",
+               "vit_dtg_masked", 0),
     ]
     tokens = [n for n in ("vit_token", "vit_dtg_token") if n in study]
     if tokens:
@@ -134,7 +136,7 @@ def check_targets(study: dict, dtg: str | None, supervised: str | None = "superv
         out.append(target(f"{best_token} kNN >= the best teacher's kNN ({best_teacher}) + 5 (the best token "
                           f"entry)", best_token, best_teacher, 5, "knn"))
     out += [target(f"{n}: attentive probe >= linear probe + 3", n, n, 3, "attentive_probe", "linear_probe")
-            for n in ("vit_ssl", "vit_dtg", "vit_token", "vit_dtg_token")]
+            for n in ("vit_ssl", "vit_dtg", "vit_token", "vit_dtg_token", "vit_dtg_masked")]
 
     return [t for t in out if t is not None]
 

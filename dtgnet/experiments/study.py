@@ -73,6 +73,9 @@ TOKENS_ALONE = ("loss.token_weight=1", "loss.clip_weight=0", "loss.self_weight=0
 """UMT's objective: masked token distillation, no clip-level term."""
 DTG_TOKEN = ("loss.token_weight=1", "student.mask_ratio=0.75")
 """The paper's clip-level terms and masked token distillation together, at UMT's share of hidden tubelets."""
+DTG_MASKED = ("student.mask_ratio=0.75",)
+"""``vit_dtg_token`` without its token term: the mask also thins the tokens the clip terms pool, so this is
+the control that isolates what the token term adds."""
 INIT_STUDENT = ("student.arch=tsn", "student.backbone=efficientnet_lite0", "student.init_from=bundled",
                 "student.temporal_shift=false")
 """The initialised student of ``*_init``: TSN over EfficientNet-Lite0 with the ImageNet teacher's own weights."""
@@ -159,7 +162,7 @@ PLANS["ucf_like_full"] = dataclasses.replace(
     PLANS["full"], design="ucf_like", video_fractions=(0.25,),
     entries=("scratch", "ssl", "ssl_e64", "dtg_e64", "supervised", "joint_dtg", "scratch_full", "ssl_1of4",
              "dtg_1of4", "single_frame", "single_frame_full", "vit_ssl", "vit_dtg", "vit_token_m50", "vit_token_m75",
-             "vit_token_m90", "vit_dtg_token", "dtg_video", "scratch_init", "ssl_init", "dtg_init",
+             "vit_token_m90", "vit_dtg_token", "vit_dtg_masked", "dtg_video", "scratch_init", "ssl_init", "dtg_init",
              "teacher_knn_imagenet", "teacher_knn_action"))
 PLANS["ucf_like_quick"] = dataclasses.replace(  # quick's schedule and its one fraction of the videos, 1/2
     PLANS["quick"], design="ucf_like",
@@ -169,7 +172,7 @@ FULL_FINETUNES = {"ssl_full": "ssl", "dtg_full": "dtg_adaptive"}
 """Entries that fine-tune another entry's pre-trained student on 100 % of the labels (one pre-training, two
 fine-tunes)."""
 SIDE_ENTRIES = ("dtg_learned", "single_frame", "vit_ssl", "vit_dtg", "scratch_init", "ssl_init", "dtg_init",
-                "vit_dtg_token", "dtg_video")
+                "vit_dtg_token", "vit_dtg_masked", "dtg_video")
 """Run with ``side_seeds`` seeds, like the weight-grid points."""
 
 
@@ -183,7 +186,7 @@ def all_entry_names(plan: StudyPlan) -> list[str]:
     long = plan.long_names()
     return (["scratch", "ssl", *long[:1], *fixed[:3], "dtg_best_fixed", *fixed[3:], "dtg_learned", "dtg_adaptive",
              *long[1:], "supervised", "joint_dtg", *full, *fewer, *single, "vit_ssl", "vit_dtg",
-             *tokens, "vit_token", "vit_dtg_token",
+             *tokens, "vit_token", "vit_dtg_token", "vit_dtg_masked",
              *(["dtg_video"] if long else []), "scratch_init", "ssl_init", "dtg_init"]
             + [f"teacher_knn_{t}" for t in TEACHERS])
 
@@ -480,6 +483,9 @@ class Study:
                for r in plan.token_ratios},
             "vit_dtg_token": lambda: self.pretrain_entry("vit_dtg_token", seed, synth_teachers(s, action), "adaptive",
                                                          student=VIT_STUDENT, pretrain=DTG_TOKEN, probes=True),
+            "vit_dtg_masked": lambda: self.pretrain_entry("vit_dtg_masked", seed, synth_teachers(s, action),
+                                                          "adaptive", student=VIT_STUDENT, pretrain=DTG_MASKED,
+                                                          probes=True),
             # one ImageNet-initialised student fine-tuned directly, after SSL and after DTG
             "scratch_init": lambda: self.scratch_entry("scratch_init", seed, student=INIT_STUDENT),
             "ssl_init": lambda: self.pretrain_entry("ssl_init", seed, [], student=INIT_STUDENT),

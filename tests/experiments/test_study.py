@@ -122,7 +122,7 @@ def test_entry_names_cover_the_issue():
               "teacher_knn_action", "vit_ssl", "vit_dtg", "scratch_full", "ssl_full", "dtg_full", "ssl_1of8",
               "dtg_1of8", "ssl_1of4", "dtg_1of4", "ssl_1of2", "dtg_1of2", "ssl_e64", "dtg_e64", "single_frame_full",
               "scratch_init", "ssl_init", "dtg_init", "vit_token_m50", "vit_token_m75", "vit_token_m90", "vit_token",
-              "vit_dtg_token", "dtg_video"):
+              "vit_dtg_token", "vit_dtg_masked", "dtg_video"):
         assert n in names
     assert len(set(names)) == len(names)
     assert "dtg_e64" not in entry_names(dataclasses.replace(PLANS["full"], long_pretrain_epochs=0))
@@ -178,7 +178,7 @@ def test_quick_study_writes_every_entry(quick_study):
         hits = percent * n_test / 100
         return 0 <= percent <= 100 and abs(hits - round(hits)) <= 0.005 * n_test / 100 + 1e-9
 
-    probed = {"vit_ssl", "vit_dtg", "vit_token_m75", "vit_token", "vit_dtg_token"}
+    probed = {"vit_ssl", "vit_dtg", "vit_token_m75", "vit_token", "vit_dtg_token", "vit_dtg_masked"}
     probe_keys = [f"{p}_{k}" for p in ("linear_probe", "attentive_probe") for k in ("mean", "ci95", "seeds")]
     plan = PLANS["quick"]  # side entries (and what is chosen among them) run the first seed only
     side = {*SIDE_ENTRIES, "dtg_best_fixed", "vit_token", *(grid_name(w) for w in plan.grid),
@@ -194,7 +194,7 @@ def test_quick_study_writes_every_entry(quick_study):
     assert study["dtg_best_fixed"] == study[meta["best_fixed"]]
     assert meta["best_fixed"] == max(meta["grid_val_top1"], key=meta["grid_val_top1"].get)
     assert study["vit_token"] == study[meta["best_token"]] and meta["best_token"] == "vit_token_m75"
-    assert len(meta["targets"]) == 17 and meta["command"].startswith("dtgnet study --quick")
+    assert len(meta["targets"]) == 19 and meta["command"].startswith("dtgnet study --quick")
     # dtg_video's teacher, dtg_e2's student, outlives its scoring; the other students do not
     kept = {p.parent.name for p in out.glob("runs/*/student.safetensors")}
     assert kept == {"dtg_e2_s0_pretrain", "dtg_e2_s1_pretrain"}
