@@ -119,10 +119,10 @@ def test_two_process_ddp_matches_one_process(runs):
 
 def test_sigterm_stops_every_rank_then_an_elastic_restart_finishes_identically(tiny_synth, runs):
     out = runs / "elastic"
-    # a peer that never answers fails the job within two minutes, for torchrun to restart it (a killed peer
-    # fails it at once); meanwhile the others wait in their next collective while rank 0 writes each step's
-    # checkpoint, which a slow disk or a busy machine must not turn into a failure
-    args = ["pretrain", *tiny_overrides(tiny_synth, out, **COMMON), "run.dist_timeout_s=120", "--resume", "auto",
+    # a peer that never answers fails the job within 45 s, for torchrun to restart it: a restarted round whose
+    # rendezvous fails retries until then (3 rounds must fit the 400 s below); meanwhile the others wait that
+    # long in their next collective while rank 0 writes each step's checkpoint (20 s once proved too short)
+    args = ["pretrain", *tiny_overrides(tiny_synth, out, **COMMON), "run.dist_timeout_s=45", "--resume", "auto",
             "--no-progress"]
     # 1. SIGTERM to torchrun, which passes it to each rank: they agree on a step, rank 0 checkpoints, all stop
     job = start(args, runs, 2)
