@@ -161,9 +161,9 @@ PLANS = {
 PLANS["ucf_like_full"] = dataclasses.replace(
     PLANS["full"], design="ucf_like", video_fractions=(0.25,),
     entries=("scratch", "ssl", "ssl_e64", "dtg_e64", "supervised", "joint_dtg", "scratch_full", "ssl_1of4",
-             "dtg_1of4", "single_frame", "single_frame_full", "vit_ssl", "vit_dtg", "vit_token_m50", "vit_token_m75",
-             "vit_token_m90", "vit_dtg_token", "vit_dtg_masked", "dtg_video", "scratch_init", "ssl_init", "dtg_init",
-             "teacher_knn_imagenet", "teacher_knn_action"))
+             "dtg_1of4", "single_frame", "single_frame_full", "vit_ssl", "vit_dtg", "vit_token_m50",
+             "vit_token_m75", "vit_token_m90", "vit_dtg_token", "vit_dtg_masked", "dtg_video", "scratch_init",
+             "ssl_init", "dtg_init", "teacher_knn_imagenet", "teacher_knn_action"))
 PLANS["ucf_like_quick"] = dataclasses.replace(  # quick's schedule and its one fraction of the videos, 1/2
     PLANS["quick"], design="ucf_like",
     entries=tuple(e.replace("_e64", "_e2").replace("_1of4", "_1of2") for e in PLANS["ucf_like_full"].entries

@@ -54,6 +54,21 @@ def what_happened(printed: str) -> str:
     return "\n".join([*story, "--- errors and signals:", *errors[-30:]])
 
 
+def output_of(job, timeout: float) -> str:
+    """What the job printed once it ended; a job still running after ``timeout`` seconds is stopped (SIGTERM,
+    which torchrun passes to its workers, then SIGKILL) and the test fails with its story."""
+    try:
+        return job.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        job.terminate()
+        try:
+            printed = job.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            job.kill()
+            printed = job.communicate()[0]
+        raise AssertionError(f"still running after {timeout} s:\n{what_happened(printed)}") from None
+
+
 def logged_step(run_dir) -> int:
     return max([r["step"] for r in read_log(run_dir / "log.jsonl") if "loss" in r], default=0)
 
@@ -120,17 +135,18 @@ def test_two_process_ddp_matches_one_process(runs):
 def test_sigterm_stops_every_rank_then_an_elastic_restart_finishes_identically(tiny_synth, runs):
     out = runs / "elastic"
     # a peer that never answers fails the job within 45 s, for torchrun to restart it: a restarted round whose
-    # rendezvous fails retries until then (3 rounds must fit the 400 s below); meanwhile the others wait that
-    # long in their next collective while rank 0 writes each step's checkpoint (20 s once proved too short)
+    # rendezvous fails retries until then (3 rounds must fit the 400 s below); meanwhile the others wait in
+    # their next collective while rank 0 writes each step's checkpoint, with room for a slow disk
     args = ["pretrain", *tiny_overrides(tiny_synth, out, **COMMON), "run.dist_timeout_s=45", "--resume", "auto",
             "--no-progress"]
     # 1. SIGTERM to torchrun, which passes it to each rank: they agree on a step, rank 0 checkpoints, all stop
     job = start(args, runs, 2)
     wait_for(lambda: logged_step(out) >= 2, job, "step 2")
     job.send_signal(signal.SIGTERM)
-    printed = job.communicate(timeout=120)[0]
+    printed = output_of(job, 120)
     said = re.findall(r"dtgnet: preempted: SIGTERM at step (\d+)", printed)
-    assert job.returncode != 0 and len(said) == 2 and said[0] == said[1], what_happened(printed)  # both ranks, one step
+    # both ranks, one step
+    assert job.returncode != 0 and len(said) == 2 and said[0] == said[1], what_happened(printed)
     stopped = last_tensors(out)[0]
     assert 2 <= stopped < STEPS and int(said[0]) == stopped
     assert [r["step"] for r in read_log(out / "log.jsonl") if r.get("event") == "preempted"] == [stopped]
@@ -141,13 +157,13 @@ def test_sigterm_stops_every_rank_then_an_elastic_restart_finishes_identically(t
     job = start(args, runs, 2, "--max-restarts=2", "--monitor-interval=0.1")
     wait_for(lambda: logged_step(out) > stopped, job, f"step {stopped + 1}")
     os.kill(worker_pid(job.pid, 1), signal.SIGKILL)
-    printed = job.communicate(timeout=400)[0]
+    printed = output_of(job, 400)
     restarted_by_torchrun = job.returncode == 0
     resumes_by_torchrun = [r["step"] for r in read_log(out / "log.jsonl") if r.get("event") == "resume"]
     if not restarted_by_torchrun:
         assert "connectFullMesh" in printed, what_happened(printed)
         job = start(args, runs, 2)
-        printed = job.communicate(timeout=400)[0]
+        printed = output_of(job, 400)
     assert job.returncode == 0, what_happened(printed)
     resumes = [r["step"] for r in read_log(out / "log.jsonl") if r.get("event") == "resume"]
     assert len(resumes) == 2 and resumes[0] == stopped and resumes[1] > stopped, resumes
