@@ -222,6 +222,15 @@ def _efficiency_plot(path: Path, results: dict, fractions: list[float]) -> None:
     fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
 
 
+def entry_colour(name: str) -> str:
+    """Teacher-guided entries red, self-supervised blue, teachers light grey, the rest (labels only) grey."""
+    if name.startswith(("dtg", "joint", "vit_dtg", "vit_token")):
+        return "#e63"
+    if name.startswith(("ssl", "vit_ssl")):
+        return "#69c"
+    return "#bbb" if name.startswith("teacher") else "#999"
+
+
 def _study_plot(path: Path, results: dict) -> None:
     import matplotlib
 
@@ -235,9 +244,7 @@ def _study_plot(path: Path, results: dict) -> None:
         means = np.array([results[n][f"{metric}_mean"] for n in names])
         ci = np.array([results[n][f"{metric}_ci95"] for n in names])
         err = np.stack([means - ci[:, 0], ci[:, 1] - means])
-        colours = ["#e63" if n.startswith(("dtg", "joint", "vit_dtg")) else "#69c" if n.endswith("ssl") else
-                   "#bbb" if n.startswith("teacher") else "#999" for n in names]
-        ax.barh(names, means, xerr=err, color=colours, capsize=2)
+        ax.barh(names, means, xerr=err, color=[entry_colour(n) for n in names], capsize=2)
         for y, (m, seeds) in enumerate(zip(means, [results[n][f"{metric}_seeds"] for n in names])):
             ax.plot(seeds, [y] * len(seeds), "k.", ms=3)
         ax.set_title(title), ax.set_xlim(0, 100), ax.grid(axis="x", alpha=0.3)

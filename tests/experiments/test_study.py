@@ -13,6 +13,7 @@ import pytest
 
 from dtgnet.cli import main
 from dtgnet.errors import EXIT_PREEMPTED, DtgError
+from dtgnet.experiments.reports import entry_colour
 from dtgnet.experiments.stats import (
     appearance_ratio,
     best_on_val,
@@ -126,6 +127,15 @@ def test_entry_names_cover_the_issue():
         assert n in names
     assert len(set(names)) == len(names)
     assert "dtg_e64" not in entry_names(dataclasses.replace(PLANS["full"], long_pretrain_epochs=0))
+
+
+def test_the_plot_colours_every_entry_by_its_family():
+    colour = {n: entry_colour(n) for n in entry_names(PLANS["ucf_like_full"])}
+    guided = {n for n in colour if n.startswith(("dtg", "joint", "vit_dtg", "vit_token"))}
+    unlabelled_only = {"ssl", "ssl_e64", "ssl_1of4", "vit_ssl", "ssl_init"}
+    assert {colour[n] for n in guided} == {"#e63"} and {colour[n] for n in unlabelled_only} == {"#69c"}
+    assert colour["scratch"] == colour["supervised"] == colour["single_frame"] == "#999"
+    assert colour["teacher_knn_action"] == "#bbb"
 
 
 def test_ucf_like_plan_runs_what_its_comparison_needs():
