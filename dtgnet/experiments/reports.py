@@ -271,7 +271,8 @@ def write_study_report(out: Path, results: dict, meta: dict) -> None:
         *([f"**Interim report**: seeds {', '.join(map(str, interim))} of {', '.join(map(str, plan['seeds']))} "
            f"have finished every entry. The study is not finished; everything below uses those seeds only.",
            ""] if interim else []),
-        f"- Command: `{meta['command']}`" if meta["command"] else "- Command: (called from Python)",
+        (f"- Command: `{meta['command']}`" if meta["command"] else "- Command: (called from Python)")
+        + "".join(f"; entries added by `{c}`" for c in meta.get("grown_by", []) if c),
         f"- Machine: {m['device']}, {m['threads']} torch threads, {m['cpus']} CPUs, {m['platform']}, "
         f"torch {m['torch']}",
         f"- Wall time: {minutes:.1f} min of runs in all ({meta['seconds_this_invocation'] / 60:.1f} min in the "

@@ -525,6 +525,12 @@ class Study:
 
 # ------------------------------------------------------------------------------------------ the study
 
+def _note_growth(path: Path, command: str) -> None:
+    """Add ``command``, which added entries to the study at ``path``'s folder, to the commands it records."""
+    commands = json.loads(path.read_text()) if path.is_file() else {"command": ""}
+    write_json_atomic(path, {**commands, "grown_by": [*commands.get("grown_by", []), command]})
+
+
 def run_study(out, quick: bool = False, force: bool = False, resume: bool = False, progress: bool = True,
               plan: StudyPlan | None = None, command: str = "", interim: bool = False) -> dict:
     """Run (or with ``resume``, continue) the study in ``out`` and write its report. ``interim``: train
@@ -553,12 +559,13 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
                                        entries=tuple(old["entries"]))
         elif old != new:  # entries added: trained from now on, and the report covers them
             write_json_atomic(stored, plan.describe())
+            _note_growth(out / "records" / "command.json", command)
     else:
         out = fresh_out_dir(out, force)
         write_json_atomic(out / "records" / "plan.json", plan.describe())
         write_json_atomic(out / "records" / "command.json", {"command": command})
     first = out / "records" / "command.json"  # study.md names the command that started the study
-    command = json.loads(first.read_text())["command"] if first.is_file() else command
+    commands = json.loads(first.read_text()) if first.is_file() else {"command": command}
     t0 = time.time()
     study = Study(out, plan, progress)
     if interim and not study.finished("teacher_cache"):
@@ -602,7 +609,8 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
     supervised, _ = best(["scratch", "supervised"])
     results = {name: entry_stats(per_seed[name]) for name in names}
     meta = {
-        "command": command, "seconds": round(sum(study.timings.values()), 1),
+        "command": commands["command"], "grown_by": commands.get("grown_by", []),
+        "seconds": round(sum(study.timings.values()), 1),
         "seconds_this_invocation": round(time.time() - t0, 1), "resumed": resume,
         "interim_seeds": seeds if interim and seeds != list(plan.seeds) else None,
         "stage_seconds": study.timings,

@@ -344,7 +344,8 @@ def test_ucf_like_quick_study_calibrates_first_then_grows(tmp_path):
     assert len(meta["appearance_ratio"]["seeds"]) == 2 and meta["targets"] == []
     assert "## How much one frame knows" in (out / "study.md").read_text()
     assert not [p for p in (out / "records").glob("*dtg*")]
-    before = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json") if p.name != "plan.json"}
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")
+              if p.name not in ("plan.json", "command.json")}
 
     run = dtgnet("study", "--quick", "--out", str(out), "--resume", "--entries", calibrate)
     assert run.returncode == 2 and "another plan" in run.stderr  # the twins design is another study
@@ -355,6 +356,8 @@ def test_ucf_like_quick_study_calibrates_first_then_grows(tmp_path):
     assert list(json.loads((out / "study.json").read_text())) == [
         "scratch", "dtg_e2", "scratch_full", "single_frame_full", "teacher_knn_imagenet"]
     assert "dtg_e2 >= scratch + 15" in run.stdout
+    command = next(line for line in (out / "study.md").read_text().splitlines() if line.startswith("- Command"))
+    assert f"--entries {calibrate}`; entries added by `dtgnet study --quick --preset ucf_like" in command
 
 
 def test_the_mask_ratio_is_chosen_on_the_first_seed_and_only_it_runs_again(tmp_path):
