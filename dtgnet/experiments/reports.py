@@ -231,7 +231,7 @@ def entry_colour(name: str) -> str:
     return "#bbb" if name.startswith("teacher") else "#999"
 
 
-def _study_plot(path: Path, results: dict) -> None:
+def _study_plot(path: Path, results: dict, design: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,7 +248,7 @@ def _study_plot(path: Path, results: dict) -> None:
         for y, (m, seeds) in enumerate(zip(means, [results[n][f"{metric}_seeds"] for n in names])):
             ax.plot(seeds, [y] * len(seeds), "k.", ms=3)
         ax.set_title(title), ax.set_xlim(0, 100), ax.grid(axis="x", alpha=0.3)
-    fig.suptitle("SynthActions study: mean of seeds, 95 % interval, dots = seeds", fontsize=10)
+    fig.suptitle(f"SynthActions study ({design}): mean of seeds, 95 % interval, dots = seeds", fontsize=10)
     fig.tight_layout(), fig.savefig(path, dpi=110), plt.close(fig)
 
 
@@ -256,7 +256,8 @@ def write_study_report(out: Path, results: dict, meta: dict) -> None:
     """``study.md`` (command, machine, wall time, the table, the weight grid, data efficiency, the targets),
     ``study.png`` and ``study_efficiency.png``."""
 
-    _study_plot(out / "study.png", results)
+    design = meta["data"].get("design", "twins")
+    _study_plot(out / "study.png", results, design)
     fractions = meta["plan"].get("video_fractions", [])
     curve = [fraction_name(k, f) for f in fractions for k in ("ssl", "dtg")] + ["ssl", "dtg_adaptive"]
     efficiency = bool(fractions) and all(n in results for n in curve)
@@ -265,7 +266,6 @@ def write_study_report(out: Path, results: dict, meta: dict) -> None:
     plan, sizes, m = meta["plan"], meta["plan"]["sizes"], meta["machine"]
     minutes = meta["seconds"] / 60
     interim = meta.get("interim_seeds")
-    design = meta["data"].get("design", "twins")
     lines = [
         f"# DTG-Net efficacy study on SynthActions ({design})", "",
         *([f"**Interim report**: seeds {', '.join(map(str, interim))} of {', '.join(map(str, plan['seeds']))} "
