@@ -266,6 +266,8 @@ def write_study_report(out: Path, results: dict, meta: dict) -> None:
     plan, sizes, m = meta["plan"], meta["plan"]["sizes"], meta["machine"]
     minutes = meta["seconds"] / 60
     interim = meta.get("interim_seeds")
+    side = meta.get("side_entries", [])
+    ratios = [n for n in side if n.startswith("vit_token_m")]
     lines = [
         f"# DTG-Net efficacy study on SynthActions ({design})", "",
         *([f"**Interim report**: seeds {', '.join(map(str, interim))} of {', '.join(map(str, plan['seeds']))} "
@@ -289,9 +291,10 @@ def write_study_report(out: Path, results: dict, meta: dict) -> None:
         + (f"; joint: {plan['joint_epochs']} epochs over the unlabelled videos at batch {sizes['batch_size']}, "
            f"half of each batch labelled" if plan.get("joint_unlabelled") else
            "; joint: the fine-tune recipe on the labelled videos only"),
-        f"- Seeds: {', '.join(map(str, plan['seeds']))} for the headline entries, the first "
-        f"{plan['side_seeds']} for the weight-grid points, dtg_learned, single_frame and the ViT pair; full labels: "
-        f"{plan['full_label_epochs']} fine-tune epochs"
+        f"- Seeds: {', '.join(map(str, plan['seeds']))} for the headline entries"
+        + (f", the first {plan['side_seeds']} for {', '.join(side)}" if side else "")
+        + ("; the mask ratios not chosen, the first seed only" if len(ratios) > 1 else "")
+        + f"; full labels: {plan['full_label_epochs']} fine-tune epochs"
         + (f"; overrides: `{' '.join(plan['overrides'])}`" if plan["overrides"] else ""), "",
         "Entries: mean over seeds with the 95 % Student-t interval of the mean, in %. top-1 is video-level "
         "on the test split; kNN and R@1 are on the label-free representation (the pre-trained student for "

@@ -191,6 +191,11 @@ def all_entry_names(plan: StudyPlan) -> list[str]:
             + [f"teacher_knn_{t}" for t in TEACHERS])
 
 
+def side_entries(plan: StudyPlan) -> set[str]:
+    """The entries a plan of this shape runs with ``side_seeds`` seeds (the rest run every seed)."""
+    return {grid_name(w) for w in plan.grid} | {token_name(r) for r in plan.token_ratios} | set(SIDE_ENTRIES)
+
+
 def entry_names(plan: StudyPlan) -> list[str]:
     """Every name study.json holds, in table order: the plan's entries and those derived from them."""
     names = all_entry_names(plan)
@@ -504,7 +509,7 @@ class Study:
             jobs["dtg_video"] = lambda: self.pretrain_entry(
                 "dtg_video", seed, [*synth_teachers(s, action), self.video_teacher(seed)], "adaptive")
         jobs = {name: job for name, job in jobs.items() if name in names}  # the plan's (no full labels: fewer)
-        side = {grid_name(w) for w in plan.grid} | {token_name(r) for r in plan.token_ratios} | set(SIDE_ENTRIES)
+        side = side_entries(plan)
         if seed not in plan.seeds[:plan.side_seeds]:
             jobs = {name: job for name, job in jobs.items() if name not in side}
         if seed != plan.seeds[0]:  # the mask ratio is chosen on the first seed: only that one runs again
@@ -610,6 +615,7 @@ def run_study(out, quick: bool = False, force: bool = False, resume: bool = Fals
     results = {name: entry_stats(per_seed[name]) for name in names}
     meta = {
         "command": commands["command"], "grown_by": commands.get("grown_by", []),
+        "side_entries": [n for n in names if n in side_entries(plan) | {"vit_token", "dtg_best_fixed"}],
         "seconds": round(sum(study.timings.values()), 1),
         "seconds_this_invocation": round(time.time() - t0, 1), "resumed": resume,
         "interim_seeds": seeds if interim and seeds != list(plan.seeds) else None,

@@ -205,6 +205,7 @@ def test_quick_study_writes_every_entry(quick_study):
     assert meta["best_fixed"] == max(meta["grid_val_top1"], key=meta["grid_val_top1"].get)
     assert study["vit_token"] == study[meta["best_token"]] and meta["best_token"] == "vit_token_m75"
     assert len(meta["targets"]) == 19 and meta["command"].startswith("dtgnet study --quick")
+    assert set(meta["side_entries"]) == side
     # dtg_video's teacher, dtg_e2's student, outlives its scoring; the other students do not
     kept = {p.parent.name for p in out.glob("runs/*/student.safetensors")}
     assert kept == {"dtg_e2_s0_pretrain", "dtg_e2_s1_pretrain"}
@@ -212,7 +213,8 @@ def test_quick_study_writes_every_entry(quick_study):
     for text in ("Command: `dtgnet study --quick", "Machine:", "Wall time:", "| dtg_adaptive |",
                  "Teacher-weight grid", "(chosen)", "## Data efficiency", "## Targets", "| scratch_full |",
                  "## Frozen students: linear and attentive probes", "| vit_dtg_token |", "## Wall time per entry",
-                 "| dtg_video |", "best vit_token_mNN on val: vit_token_m75"):
+                 "| dtg_video |", "best vit_token_mNN on val: vit_token_m75",
+                 f"Seeds: 0, 1 for the headline entries, the first 1 for {', '.join(meta['side_entries'])}; full"):
         assert text in md
     assert (out / "study.png").stat().st_size > 5000 and (out / "study_efficiency.png").stat().st_size > 5000
     assert len(list((out / "lists").glob("train_videos_1of2_s*.txt"))) == 2
